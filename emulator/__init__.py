@@ -1,0 +1,1 @@
+"""Stand-in Cloudreve v4 server for tests, the demo and benchmarks."""

@@ -1,0 +1,1 @@
+"""Declarative jobs, state, planner, scheduler and the ferry CLI."""

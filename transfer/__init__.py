@@ -1,0 +1,1 @@
+"""Async Cloudreve v4 transfer engine."""
