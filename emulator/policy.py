@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from aiohttp import web
@@ -140,6 +141,14 @@ class PolicyDriver(Protocol):
 
     async def download_url(self, storage_key: str, name: str, ttl_s: int, download: bool) -> str:
         """Return a URL that serves the blob's bytes (presigned storage URL or emulator route)."""
+        ...
+
+    async def put_blob(self, storage_key: str, src: Path) -> None:
+        """Store a local file as the blob ``storage_key`` (server-side writes: relocate, import)."""
+        ...
+
+    async def fetch_blob(self, storage_key: str, dst: Path) -> None:
+        """Copy the blob ``storage_key`` into the local file ``dst`` (archive, relocate)."""
         ...
 
     async def delete_blob(self, storage_key: str) -> None:

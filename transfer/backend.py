@@ -112,3 +112,28 @@ class ChunkWriter(Protocol):
     async def finish(self, parts: list[PartResult]) -> None:
         """Complete the upload once every chunk is in (complete XML, callback, nothing)."""
         ...
+
+
+class CallbackApi(Protocol):
+    """The Cloudreve calls a storage writer needs besides the storage itself."""
+
+    async def upload_callback(self, policy_type: str, session_id: str, secret: str) -> None:
+        """Call ``/callback/{policy_type}/{session_id}/{secret}`` with the policy's method.
+
+        GET for s3, ks3 and cos; POST for onedrive (contract 6.3). Raises on a non-zero code.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class WriterContext:
+    """Everything a :class:`ChunkWriter` is built from.
+
+    ``storage_http`` is an aiohttp ``ClientSession`` that carries no Cloudreve token and no
+    cookies: presigned storage URLs must never see our credentials. It is typed loosely here to
+    keep this module free of aiohttp; writers annotate it as ``aiohttp.ClientSession``.
+    """
+
+    session: SavedUpload
+    storage_http: object
+    api: CallbackApi
