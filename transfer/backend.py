@@ -13,7 +13,8 @@ Three seams live here:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -100,6 +101,13 @@ class ChunkWriter(Protocol):
 
     policy_type: str
 
+    single_chunk: bool
+    """True when the storage takes the whole file in one request (upyun's form upload).
+
+    The upload driver then sends exactly one chunk, index 0 at offset 0, holding all ``size``
+    bytes, whatever the session's ``chunk_size`` says. False for every chunked policy.
+    """
+
     @property
     def max_concurrency(self) -> int | None:
         """Chunks this policy accepts in parallel; None means the session's own setting."""
@@ -137,3 +145,5 @@ class WriterContext:
     session: SavedUpload
     storage_http: object
     api: CallbackApi
+    clock: Callable[[], float] = time.time
+    """Server-adjusted unix time in seconds; writers compare it with presigned URL expiries."""
