@@ -205,6 +205,21 @@ def error_for_code(
     retry_after: float | None = None,
 ) -> ApiError:
     """Build the typed error for an API ``code`` (or an HTTP status when there was no envelope)."""
+    error = _build_error(status, code, message, request_id, method, url, data, retry_after)
+    error.data = data
+    return error
+
+
+def _build_error(
+    status: int,
+    code: int,
+    message: str,
+    request_id: str,
+    method: str,
+    url: str,
+    data: object,
+    retry_after: float | None,
+) -> ApiError:
     args = (status, code, message, request_id, method, url)
     if status == 429 or code == 429:
         return RateLimited(*args, retry_after=retry_after)

@@ -69,7 +69,12 @@ class ApiError(FerryError):
         request_id: the envelope's ``correlation_id`` (``""`` when absent).
         method: HTTP method of the request.
         url: the URL requested, with any query string removed (it may hold a signature).
+
+    ``data`` keeps the envelope's ``data`` of the error answer (a 2FA session id, a lock
+    conflict list), ``None`` when there was none.
     """
+
+    data: object = None
 
     def __init__(
         self,

@@ -70,6 +70,20 @@ class Pacer:
         self._next_start = 0.0
         self._paused_until = 0.0
 
+    def sibling(self) -> Pacer:
+        """A pacer with the same settings, clock and hooks but its own open-call limit.
+
+        Token refreshes use one so that workers holding every slot of this pacer while they wait
+        for a refresh cannot starve it.
+        """
+        return Pacer(
+            self.config,
+            clock=self._clock,
+            sleep=self._sleep,
+            rand=self._rand,
+            on_retry=self._on_retry,
+        )
+
     @property
     def gap_s(self) -> float:
         """The current gap between call starts."""
