@@ -22,11 +22,11 @@ import enum
 import itertools
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -262,6 +262,10 @@ class TaskRunner:
         self._live.add(task.id)
         self._tg.start_soon(self._drive, task)
         return task
+
+    def start_soon(self, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run a helper coroutine (e.g. a download) in the runner's task group."""
+        self._tg.start_soon(func)
 
     def get(self, task_id: int) -> Task | None:
         """Return a task, finished or not, or None if the id is unknown."""
