@@ -1,0 +1,284 @@
+"""Loads the ferry TOML file into one frozen :class:`AppConfig`; contacts nothing.
+
+Every problem becomes a :class:`~jobs.errors.ConfigIssue` naming the file, the line and the
+dotted key (``jobs[2].exclude``). ``tomllib`` reports no positions for keys, so
+:class:`_Locator` scans the source text for table headers and ``key =`` lines.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from jobs.errors import ConfigError, ConfigIssue
+from jobs.spec import REMOTE_RE as _REMOTE_RE
+from jobs.spec import DefaultsSpec, JobSpec, RemoteSpec, StateSpec
+
+__all__ = ["AppConfig", "load_config"]
+
+_TOP_LEVEL = ("remotes", "state", "defaults", "jobs")
+_HEADER_RE = re.compile(r"^\s*(\[\[?)\s*([^\[\]]+?)\s*\]\]?\s*(?:#.*)?$")
+_KEY_RE = re.compile(
+    r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*="""
+)
+_TOML_POS_RE = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+Loc = tuple[str | int, ...]
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _split_dotted(text: str) -> tuple[str, ...]:
+    parts = re.findall(r"""[A-Za-z0-9_-]+|"[^"]*"|'[^']*'""", text)
+    return tuple(p[1:-1] if p[0] in "\"'" else p for p in parts)
+
+
+class _Locator:
+    """Finds the line of a table or key in TOML source text (1-based; 1 when unknown)."""
+
+    def __init__(self, text: str) -> None:
+        self.lines: dict[Loc, int] = {}
+        section: Loc = ()
+        jobs_seen = 0
+        for number, line in enumerate(text.splitlines(), start=1):
+            header = _HEADER_RE.match(line)
+            if header and not _KEY_RE.match(line):
+                names = _split_dotted(header[2])
+                if header[1] == "[[" and names == ("jobs",):
+                    section = ("jobs", jobs_seen)
+                    jobs_seen += 1
+                elif header[1] == "[[":
+                    section = names
+                else:
+                    section = names
+                self.lines.setdefault(section, number)
+                continue
+            key = _KEY_RE.match(line)
+            if key:
+                self.lines.setdefault(section + _split_dotted(key[1]), number)
+
+    def line(self, loc: Loc) -> int:
+        """Return the line of the longest known prefix of ``loc``."""
+        for end in range(len(loc), 0, -1):
+            number = self.lines.get(loc[:end])
+            if number is not None:
+                return number
+        return 1
+
+
+def _key_name(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out or "(file)"
+
+
+@dataclass(frozen=True, slots=True)
+class AppConfig:
+    """The whole config file, validated. ``jobs`` keep the file's order."""
+
+    file: Path
+    remotes: Mapping[str, RemoteSpec]
+    state_dir: Path
+    jobs: tuple[JobSpec, ...]
+    _locator: _Locator = field(repr=False, compare=False)
+
+    def job(self, name: str) -> JobSpec | None:
+        """Return the job called ``name``, or None."""
+        return next((job for job in self.jobs if job.name == name), None)
+
+    def issue(self, loc: Sequence[str | int], message: str) -> ConfigIssue:
+        """Build an issue located at ``loc`` (``("remotes", "home", "password_env")``)."""
+        return ConfigIssue(
+            self.file, self._locator.line(tuple(loc)), _key_name(tuple(loc)), message
+        )
+
+
+class _Collector:
+    def __init__(self, file: Path, locator: _Locator) -> None:
+        self.file = file
+        self.locator = locator
+        self.issues: list[ConfigIssue] = []
+
+    def add(self, loc: Loc, message: str, line_loc: Loc | None = None) -> None:
+        line = self.locator.line(line_loc if line_loc is not None else loc)
+        self.issues.append(ConfigIssue(self.file, line, _key_name(loc), message))
+
+    def validate(
+        self,
+        model: type[_M],
+        data: object,
+        loc: Loc,
+        context: dict[str, Any],
+        skip: frozenset[str] = frozenset(),
+    ) -> _M | None:
+        try:
+            return model.model_validate(data, context=context)
+        except ValidationError as exc:
+            for error in exc.errors():
+                err_loc = tuple(error["loc"])
+                if err_loc and err_loc[0] in skip:
+                    continue
+                message = _message(error["type"], error["msg"])
+                line_loc = loc if error["type"] == "missing" else loc + err_loc
+                self.add(loc + err_loc, message, line_loc)
+            return None
+
+
+def _message(kind: str, text: str) -> str:
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    return text.removeprefix("Value error, ")
+
+
+def load_config(path: Path, default_state_dir: Path) -> AppConfig:
+    """Read and validate the config file at ``path``.
+
+    Args:
+        path: the TOML file.
+        default_state_dir: where state lives when ``[state] path`` is not set.
+
+    Raises:
+        ConfigError: the file is unreadable, not TOML, or any key is invalid; every problem
+            found is listed, each with its file, line and key.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([ConfigIssue(path, 0, "(file)", f"cannot read: {exc}")]) from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([_syntax_issue(path, text, exc)]) from exc
+
+    locator = _Locator(text)
+    collect = _Collector(path, locator)
+    context = {"base": path.parent.resolve()}
+    for key in raw:
+        if key not in _TOP_LEVEL:
+            collect.add((key,), f"unknown table or key (expected one of {', '.join(_TOP_LEVEL)})")
+
+    remotes = _load_remotes(raw.get("remotes", {}), collect, context)
+    state = collect.validate(StateSpec, raw.get("state", {}), ("state",), context)
+    defaults_raw = raw.get("defaults", {})
+    defaults_ok = collect.validate(DefaultsSpec, defaults_raw, ("defaults",), context)
+    jobs = _load_jobs(raw.get("jobs", []), defaults_raw, defaults_ok is not None, collect, context)
+    _check_remote_refs(raw.get("jobs", []), raw.get("remotes", {}), collect)
+    _check_jobs(jobs, collect)
+    if collect.issues:
+        raise ConfigError(sorted(collect.issues, key=lambda issue: issue.line))
+    state_dir = state.path if state is not None and state.path is not None else default_state_dir
+
+    return AppConfig(path, remotes, state_dir, tuple(job for _, job in jobs), locator)
+
+
+def _syntax_issue(path: Path, text: str, exc: tomllib.TOMLDecodeError) -> ConfigIssue:
+    match = _TOML_POS_RE.search(str(exc))
+    line = int(match[1]) if match else 1
+    lines = text.splitlines()
+    key = _KEY_RE.match(lines[line - 1]) if 0 < line <= len(lines) else None
+    name = ".".join(_split_dotted(key[1])) if key else "(syntax)"
+
+    return ConfigIssue(path, line, name, f"not valid TOML: {exc}")
+
+
+def _load_remotes(
+    raw: object, collect: _Collector, context: dict[str, Any]
+) -> dict[str, RemoteSpec]:
+    if not isinstance(raw, dict):
+        collect.add(("remotes",), "expected a table of [remotes.NAME] sections")
+        return {}
+    remotes: dict[str, RemoteSpec] = {}
+    for name, body in raw.items():
+        loc: Loc = ("remotes", name)
+        if not re.match(r"^[A-Za-z][A-Za-z0-9_-]*$", name):
+            collect.add(
+                loc, "remote names use letters, digits, '-' and '_' and start with a letter"
+            )
+            continue
+        if isinstance(body, dict) and "password" in body:
+            collect.add(
+                (*loc, "password"),
+                "secrets are never read from the config file: use password_env or password_command",
+            )
+            body = {k: v for k, v in body.items() if k != "password"}
+        spec = collect.validate(RemoteSpec, body, loc, context)
+        if spec is None:
+            continue
+        if (spec.password_env is None) == (spec.password_command is None):
+            collect.add(loc, "set exactly one of password_env or password_command")
+            continue
+        remotes[name] = spec
+
+    return remotes
+
+
+def _load_jobs(
+    raw: object,
+    defaults: object,
+    defaults_ok: bool,
+    collect: _Collector,
+    context: dict[str, Any],
+) -> list[tuple[int, JobSpec]]:
+    if not isinstance(raw, list):
+        collect.add(("jobs",), "expected [[jobs]] entries")
+        return []
+    base = defaults if isinstance(defaults, dict) and defaults_ok else {}
+    jobs: list[tuple[int, JobSpec]] = []
+    for index, body in enumerate(raw):
+        loc: Loc = ("jobs", index)
+        if not isinstance(body, dict):
+            collect.add(loc, "expected a [[jobs]] table")
+            continue
+        inherited = frozenset(k for k in base if k not in body)
+        merged = {**base, **body}
+        spec = collect.validate(JobSpec, merged, loc, context, skip=inherited)
+        if spec is not None:
+            jobs.append((index, spec))
+
+    return jobs
+
+
+def _check_jobs(jobs: list[tuple[int, JobSpec]], collect: _Collector) -> None:
+    seen: set[str] = set()
+    for index, job in jobs:
+        loc: Loc = ("jobs", index)
+        if job.name in seen:
+            collect.add((*loc, "name"), f"duplicate job name {job.name!r}")
+        seen.add(job.name)
+        _check_direction(job, loc, collect)
+        if job.mode == "mirror" and job.kind != "sync":
+            collect.add((*loc, "mode"), 'mode = "mirror" applies to kind = "sync" only')
+        if job.min_size is not None and job.max_size is not None and job.min_size > job.max_size:
+            collect.add((*loc, "min_size"), "min_size is larger than max_size")
+
+
+def _check_remote_refs(raw: object, remotes: Mapping[str, object], collect: _Collector) -> None:
+    """Report ``REMOTE:`` prefixes naming no ``[remotes.NAME]``, even in otherwise bad jobs."""
+    for index, body in enumerate(raw if isinstance(raw, list) else []):
+        for side in ("source", "target"):
+            value = body.get(side) if isinstance(body, dict) else None
+            match = _REMOTE_RE.match(value) if isinstance(value, str) else None
+            if match and match[1] not in remotes:
+                known = ", ".join(sorted(remotes)) or "none defined"
+                collect.add(("jobs", index, side), f"unknown remote {match[1]!r} (known: {known})")
+
+
+def _check_direction(job: JobSpec, loc: Loc, collect: _Collector) -> None:
+    src, dst = job.source.is_remote, job.target.is_remote
+    if job.kind == "upload" and (src or not dst):
+        collect.add((*loc, "kind"), "upload needs a local source and a REMOTE:/path target")
+    elif job.kind == "download" and (dst or not src):
+        collect.add((*loc, "kind"), "download needs a REMOTE:/path source and a local target")
+    elif job.kind == "sync" and src == dst:
+        collect.add((*loc, "kind"), "sync needs exactly one side to be a REMOTE:/path")

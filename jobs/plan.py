@@ -1,0 +1,471 @@
+"""The planner: lists both sides of a job into the state database and decides each item.
+
+Listings stream into the ``scan`` table in batches; decisions are made while reading both sides
+back as one stream sorted by key (the NFC-normalised relative path), so memory stays bounded by
+a page, whatever the size of the tree. The planner transfers nothing.
+
+Decisions, per key:
+
+* source only: ``mkdir`` (folder) or ``copy`` (file); a target entry that differs only by case
+  is a conflict handled by ``on_conflict`` (a copy under ``name (case 1).ext`` for rename and
+  overwrite, so the other spelling is never replaced);
+* both sides: ``skip`` when equal under ``compare``; otherwise ``on_conflict`` decides: a copy
+  as a new version (overwrite), a copy under ``name (1).ext`` (rename), ``skip`` or ``fail``;
+* target only: ``delete`` in mirror mode (the top-most folder only), else nothing;
+* two source spellings of one key (NFC vs NFD): ``fail`` for both (a collision).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import unicodedata
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+
+import anyio
+import structlog
+
+from jobs.filters import Filter
+from jobs.spec import JobSpec
+from jobs.state import DST, SRC, PlanRow, ScanRow, StateDB
+from transfer import ListingInconsistent, RemoteEntry, UnsafeName, join_remote, safe_local_name
+
+__all__ = [
+    "MTIME_WINDOW_NS",
+    "PlanSummary",
+    "RemoteLister",
+    "WalkIssue",
+    "entry_for",
+    "key_of",
+    "plan_job",
+    "walk_local",
+]
+
+log = structlog.get_logger()
+
+MTIME_WINDOW_NS = 1_000_000_000
+"""Modification times closer than this are equal (the drive keeps milliseconds at best)."""
+
+_BATCH = 1000
+
+
+class RemoteLister(Protocol):
+    """What the planner needs from a drive: a recursive listing."""
+
+    def walk(self, root: str) -> AsyncIterator[RemoteEntry]:
+        """Yield every entry below ``root``, folders included; nothing when it is missing."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class WalkIssue:
+    """Something the local walk skipped. ``error`` issues fail the run's exit status."""
+
+    path: str
+    kind: str
+    detail: str
+    error: bool
+
+
+@dataclass(slots=True)
+class PlanSummary:
+    """Counts of a finished plan; ``listing_complete`` is False when a listing failed."""
+
+    actions: dict[str, tuple[int, int]] = field(default_factory=dict)
+    issues: list[WalkIssue] = field(default_factory=list)
+    listing_complete: bool = True
+
+    @property
+    def errors(self) -> int:
+        """Items that already failed during planning (walk errors and ``fail`` decisions)."""
+        return sum(1 for i in self.issues if i.error) + self.actions.get("fail", (0, 0))[0]
+
+
+def key_of(rel: str) -> str:
+    """Return the comparison key of a relative path: its NFC normal form."""
+    return unicodedata.normalize("NFC", rel)
+
+
+def _row(rel: str, path: str, is_dir: bool, size: int, mtime_ns: int, **extra: str) -> ScanRow:
+    key = key_of(rel)
+    return ScanRow(key, key.casefold(), path, is_dir, size, mtime_ns, **extra)
+
+
+def walk_local(
+    root: Path, filt: Filter, *, follow_symlinks: bool = False
+) -> Iterator[list[ScanRow | WalkIssue]]:
+    """Walk a local tree, yielding batches of entries and issues; the root itself is left out.
+
+    Symlinks are skipped with a warning unless ``follow_symlinks``; then a dangling link is an
+    error and a link back to an ancestor is skipped as a loop. FIFOs, sockets and devices are
+    skipped without being opened. Unreadable files and folders are errors.
+    """
+    batch: list[ScanRow | WalkIssue] = []
+    root_stat = root.stat()
+    stack: list[tuple[str, tuple[tuple[int, int], ...]]] = [
+        ("", ((root_stat.st_dev, root_stat.st_ino),))
+    ]
+    while stack:
+        rel_dir, ancestors = stack.pop()
+        folder = root / rel_dir if rel_dir else root
+        try:
+            with os.scandir(folder) as entries:
+                listed = list(entries)
+        except OSError as exc:
+            batch.append(WalkIssue(rel_dir or ".", "unreadable", exc.strerror or str(exc), True))
+            continue
+        for entry in listed:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            item = _local_entry(entry, rel, filt, follow_symlinks, ancestors)
+            if item is None:
+                continue
+            if isinstance(item, tuple):
+                batch.append(item[0])
+                stack.append((rel, (*ancestors, item[1])))
+            else:
+                batch.append(item)
+            if len(batch) >= _BATCH:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def _local_entry(
+    entry: os.DirEntry[str],
+    rel: str,
+    filt: Filter,
+    follow: bool,
+    ancestors: tuple[tuple[int, int], ...],
+) -> ScanRow | WalkIssue | tuple[ScanRow, tuple[int, int]] | None:
+    """Classify one directory entry; a folder to descend into comes back with its identity."""
+    try:
+        if entry.is_symlink() and not follow:
+            return WalkIssue(rel, "symlink_skipped", "symbolic link not followed", False)
+        info = entry.stat(follow_symlinks=follow)
+    except FileNotFoundError:
+        return WalkIssue(rel, "dangling_symlink", "link target does not exist", True)
+    except OSError as exc:
+        return WalkIssue(rel, "unreadable", exc.strerror or str(exc), True)
+    if stat.S_ISDIR(info.st_mode):
+        if filt.dir_excluded(rel):
+            return None
+        identity = (info.st_dev, info.st_ino)
+        if identity in ancestors:
+            return WalkIssue(rel, "symlink_loop", "link points back to an ancestor", False)
+        return _row(rel, rel, True, 0, info.st_mtime_ns), identity
+    if not stat.S_ISREG(info.st_mode):
+        return WalkIssue(rel, "special_skipped", "not a regular file or folder", False)
+    if not filt.file_included(rel, info.st_size, info.st_mtime_ns):
+        return None
+    if not os.access(entry.path, os.R_OK):
+        return WalkIssue(rel, "unreadable", "permission denied", True)
+    return _row(rel, rel, False, info.st_size, info.st_mtime_ns)
+
+
+async def scan_local(
+    db: StateDB,
+    run_id: int,
+    side: int,
+    root: Path,
+    filt: Filter,
+    follow_symlinks: bool,
+    summary: PlanSummary,
+) -> None:
+    """Walk ``root`` in a worker thread and store its entries as ``side``; a missing root is
+    empty when it is the target and an error when it is the source."""
+    if not root.is_dir():
+        if side == SRC:
+            summary.issues.append(WalkIssue(str(root), "missing_source", "not a folder", True))
+            summary.listing_complete = False
+        return
+    walker = walk_local(root, filt, follow_symlinks=follow_symlinks)
+    while True:
+        batch = await anyio.to_thread.run_sync(next, walker, None)
+        if batch is None:
+            return
+        rows = [b for b in batch if isinstance(b, ScanRow)]
+        for issue in (b for b in batch if isinstance(b, WalkIssue)):
+            _log_issue(issue)
+            summary.issues.append(issue)
+        await db.add_scan(run_id, side, rows)
+
+
+def _log_issue(issue: WalkIssue) -> None:
+    level = log.error if issue.error else log.warning
+    level("item_skipped", path=issue.path, reason=issue.kind, detail=issue.detail)
+
+
+def _remote_excluded(rel: str, is_dir: bool, size: int, mtime_ns: int, filt: Filter) -> bool:
+    parts = rel.split("/")
+    for depth in range(1, len(parts)):
+        if filt.dir_excluded("/".join(parts[:depth])):
+            return True
+    if is_dir:
+        return filt.dir_excluded(rel)
+    return not filt.file_included(rel, size, mtime_ns)
+
+
+async def scan_remote(
+    db: StateDB, run_id: int, side: int, drive: RemoteLister, root: str, filt: Filter
+) -> None:
+    """Walk a drive folder and store its entries as ``side``.
+
+    Unfinished upload placeholders are left out, so they count as missing and are resumed.
+    Raises whatever the listing raises; the caller then treats the listing as incomplete.
+    """
+    prefix = root.rstrip("/") + "/"
+    rows: list[ScanRow] = []
+    async for entry in drive.walk(root):
+        if not entry.path.startswith(prefix) or entry.uploading:
+            continue
+        rel = entry.path[len(prefix) :]
+        mtime_ns = _to_ns(entry.updated_at)
+        if _remote_excluded(rel, entry.is_dir, entry.size, mtime_ns, filt):
+            continue
+        size = 0 if entry.is_dir else entry.size
+        rows.append(
+            _row(rel, entry.path, entry.is_dir, size, mtime_ns, remote_id=entry.id, uri=entry.uri)
+        )
+        if len(rows) >= _BATCH:
+            await db.add_scan(run_id, side, rows)
+            rows = []
+    if rows:
+        await db.add_scan(run_id, side, rows)
+
+
+def _to_ns(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1_000_000) * 1000
+
+
+def _same(src: ScanRow, dst: ScanRow, compare: str) -> bool:
+    if src.size != dst.size:
+        return False
+    if compare == "size":
+        return True
+    # TODO: compare = "checksum" compares size and modification time, because drive listings
+    # carry no content hash; a same-size edit within one second goes unnoticed.
+    return abs(src.mtime_ns - dst.mtime_ns) < MTIME_WINDOW_NS
+
+
+class _Planner:
+    """Turns the sorted scan stream into plan rows for one run."""
+
+    def __init__(self, db: StateDB, run_id: int, job: JobSpec, upload: bool) -> None:
+        self.db = db
+        self.run_id = run_id
+        self.job = job
+        self.upload = upload
+        self.seq = 0
+        self.rows: list[PlanRow] = []
+        self.deleted_dirs: set[str] = set()
+
+    def target_path(self, key: str) -> str:
+        """Where ``key`` goes: an absolute drive path, or a relative local path."""
+        if self.upload:
+            return join_remote(self.job.target.path, key)
+        return "/".join(safe_local_name(part) for part in key.split("/"))
+
+    async def add(
+        self, action: str, src: ScanRow | None, dst: str, reason: str, **kw: object
+    ) -> None:
+        """Queue one decision, flushing a full batch to the database."""
+        row = src if src is not None else ScanRow("", "", "", False, 0, 0)
+        self.rows.append(
+            PlanRow(
+                self.seq,
+                action,
+                row.key,
+                row.path,
+                dst,
+                row.size,
+                row.mtime_ns,
+                bool(kw.get("overwrite", False)),
+                reason,
+                row.remote_id,
+                row.uri,
+            )
+        )
+        self.seq += 1
+        if len(self.rows) >= _BATCH:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write the queued decisions."""
+        if self.rows:
+            await self.db.add_plan(self.run_id, self.rows)
+            self.rows = []
+
+    async def decide(self, key: str, srcs: list[ScanRow], dsts: list[ScanRow]) -> None:
+        """Decide one key from its source and target entries."""
+        if len(srcs) > 1:
+            for src in srcs:
+                log.error("item_collision", path=src.path, key=key, reason="nfc_collision")
+                await self.add("fail", src, "", "nfc_collision")
+            return
+        if not srcs:
+            await self.decide_orphan(key, dsts[0])
+            return
+        src = srcs[0]
+        try:
+            target = self.target_path(key)
+        except UnsafeName as exc:
+            await self.add("fail", src, "", f"unsafe_name: {exc}")
+            return
+        if not dsts:
+            await self.decide_new(src, target)
+            return
+        dst = dsts[0]
+        if src.is_dir != dst.is_dir:
+            await self.add("fail", src, dst.path, "type_conflict")
+        elif src.is_dir:
+            return
+        elif _same(src, dst, self.job.compare):
+            await self.add("skip", src, dst.path, "unchanged")
+        else:
+            await self.decide_conflict(src, dst.path, "conflict")
+
+    async def decide_new(self, src: ScanRow, target: str) -> None:
+        """A key the target lacks: create it, unless a case-only sibling is there."""
+        clashes = [
+            r for r in await self.db.fold_matches(self.run_id, DST, src.fold) if r.key != src.key
+        ]
+        if not clashes:
+            await self.add("mkdir" if src.is_dir else "copy", src, target, "new")
+        elif src.is_dir:
+            await self.add("fail", src, target, "case_collision")
+        else:
+            await self.decide_conflict(src, target, "case_collision", tag="case ")
+
+    async def decide_conflict(self, src: ScanRow, target: str, reason: str, tag: str = "") -> None:
+        """Apply ``on_conflict`` to a file whose target exists (or exists under another case)."""
+        policy = self.job.on_conflict
+        if policy == "overwrite" and not tag:
+            await self.add("copy", src, target, reason, overwrite=True)
+        elif policy in ("overwrite", "rename"):
+            await self.add("copy", src, await self.free_name(src.key, tag), reason)
+        elif policy == "skip":
+            await self.add("skip", src, target, reason)
+        else:
+            log.error("item_conflict", path=src.path, reason=reason)
+            await self.add("fail", src, target, reason)
+
+    async def free_name(self, key: str, tag: str) -> str:
+        """Return the target path of ``name (n).ext`` for the first n free on both sides."""
+        path = PurePosixPath(key)
+        suffix = "".join(path.suffixes[-1:])
+        stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+        for start in range(1, 10_000, 50):
+            names = {
+                str(path.with_name(f"{stem} ({tag}{n}){suffix}")): n
+                for n in range(start, start + 50)
+            }
+            taken = await self.db.keys_exist(self.run_id, DST, names)
+            taken |= await self.db.keys_exist(self.run_id, SRC, names)
+            free = sorted((n, name) for name, n in names.items() if name not in taken)
+            if free:
+                return self.target_path(free[0][1])
+        raise RuntimeError(f"no free rename target for {key!r}")
+
+    async def decide_orphan(self, key: str, dst: ScanRow) -> None:
+        """A key only the target has: delete it in mirror mode, once per top-most folder."""
+        if self.job.mode != "mirror":
+            return
+        parent = key.rpartition("/")[0]
+        while parent:
+            if parent in self.deleted_dirs:
+                if dst.is_dir:
+                    self.deleted_dirs.add(key)
+                return
+            parent = parent.rpartition("/")[0]
+        if dst.is_dir:
+            self.deleted_dirs.add(key)
+        await self.add("delete", dst, dst.path, "not_in_source")
+
+
+async def plan_job(
+    db: StateDB,
+    run_id: int,
+    job: JobSpec,
+    drive: RemoteLister,
+    *,
+    now: Callable[[], float],
+) -> PlanSummary:
+    """List both sides of ``job`` into the state database and store the run's plan.
+
+    A failed listing is recorded as an issue with ``listing_complete = False`` and nothing is
+    planned, so no missing item is ever inferred from it.
+    """
+    summary = PlanSummary()
+    filt = _job_filter(job, now())
+    upload = job.target.is_remote
+    try:
+        if upload:
+            await scan_local(
+                db, run_id, SRC, Path(job.source.path), filt, job.follow_symlinks, summary
+            )
+            await scan_remote(db, run_id, DST, drive, job.target.path, filt)
+        else:
+            await scan_remote(db, run_id, SRC, drive, job.source.path, filt)
+            await scan_local(db, run_id, DST, Path(job.target.path), filt, False, summary)
+    except Exception as exc:
+        if getattr(exc, "fatal", False) and not isinstance(exc, ListingInconsistent):
+            raise
+        log.error("listing_failed", error=str(exc), error_type=type(exc).__name__)
+        summary.issues.append(WalkIssue("", "listing_failed", str(exc), True))
+        summary.listing_complete = False
+    if not summary.listing_complete:
+        return summary
+
+    planner = _Planner(db, run_id, job, upload)
+    await _decide_all(db, run_id, planner)
+    await planner.flush()
+    summary.actions = await db.plan_summary(run_id)
+
+    return summary
+
+
+async def _decide_all(db: StateDB, run_id: int, planner: _Planner) -> None:
+    """Group the sorted scan stream by key and decide each group."""
+    current = ""
+    srcs: list[ScanRow] = []
+    dsts: list[ScanRow] = []
+    async for page in db.scan_pages(run_id):
+        for side, row in page:
+            if row.key != current and (srcs or dsts):
+                await planner.decide(current, srcs, dsts)
+                srcs, dsts = [], []
+            current = row.key
+            (srcs if side == SRC else dsts).append(row)
+    if srcs or dsts:
+        await planner.decide(current, srcs, dsts)
+
+
+def _job_filter(job: JobSpec, now: float) -> Filter:
+    min_mtime = None if job.max_age is None else int((now - job.max_age) * 1e9)
+    return Filter.build(
+        job.include,
+        job.exclude,
+        min_size=job.min_size,
+        max_size=job.max_size,
+        min_mtime_ns=min_mtime,
+    )
+
+
+def entry_for(row: PlanRow) -> RemoteEntry:
+    """Rebuild the :class:`RemoteEntry` of a planned download from its stored fields."""
+    return RemoteEntry(
+        path=row.src,
+        name=row.src.rpartition("/")[2],
+        is_dir=False,
+        size=row.size,
+        updated_at=datetime.fromtimestamp(row.mtime_ns / 1e9, tz=UTC),
+        id=row.remote_id,
+        uri=row.uri,
+    )

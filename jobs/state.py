@@ -1,0 +1,590 @@
+"""The state database: jobs, runs, scanned entries, plans, items and upload journals.
+
+This is the only module with SQL; it stores and reads, and decides nothing. One
+:class:`StateDB` owns one aiosqlite connection in WAL mode. Writes from concurrent tasks are
+serialised by a lock so that each transaction is whole; a ``kill -9`` at any instant leaves the
+last committed transaction, and every committed chunk acknowledgement survives it (the upload
+driver awaits :meth:`SqliteJournal.chunk_acked` before it counts the chunk).
+
+Large tables (``scan``, ``plan``) are written in batches with ``executemany`` in one
+transaction per batch and read back in key-ordered pages, so a tree of a million entries never
+needs to be held in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import aiosqlite
+import anyio
+
+from transfer import SavedUpload
+
+__all__ = [
+    "PlanRow",
+    "RunRecord",
+    "ScanRow",
+    "SqliteJournal",
+    "StateDB",
+]
+
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        status TEXT NOT NULL,
+        exit_code INTEGER,
+        bytes INTEGER NOT NULL DEFAULT 0,
+        transfers INTEGER NOT NULL DEFAULT 0,
+        checks INTEGER NOT NULL DEFAULT 0,
+        errors INTEGER NOT NULL DEFAULT 0,
+        deletes INTEGER NOT NULL DEFAULT 0,
+        message TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX runs_job ON runs(job_id, id);
+    CREATE TABLE scan (
+        run_id INTEGER NOT NULL,
+        side INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        fold TEXT NOT NULL,
+        path TEXT NOT NULL,
+        is_dir INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        remote_id TEXT NOT NULL DEFAULT '',
+        uri TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX scan_key ON scan(run_id, key, side, path);
+    CREATE INDEX scan_fold ON scan(run_id, side, fold);
+    CREATE TABLE plan (
+        run_id INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        key TEXT NOT NULL,
+        src TEXT NOT NULL,
+        dst TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        overwrite INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        remote_id TEXT NOT NULL DEFAULT '',
+        uri TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL DEFAULT 'pending',
+        PRIMARY KEY (run_id, seq)
+    );
+    CREATE TABLE items (
+        job_id INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        hash TEXT NOT NULL DEFAULT '',
+        remote_id TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT NOT NULL DEFAULT '',
+        run_id INTEGER NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (job_id, key)
+    );
+    CREATE TABLE upload_sessions (
+        key TEXT PRIMARY KEY,
+        session TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE upload_chunks (
+        key TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        etag TEXT NOT NULL,
+        PRIMARY KEY (key, idx)
+    );
+    CREATE TABLE server_tasks (
+        id TEXT PRIMARY KEY,
+        job_id INTEGER NOT NULL,
+        run_id INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
+)
+
+SRC = 0
+DST = 1
+_PAGE = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class ScanRow:
+    """One entry of a listing. ``key`` is the NFC relative path, ``fold`` its casefolded form,
+    ``path`` the spelling to use on that side (relative for local, absolute for a drive)."""
+
+    key: str
+    fold: str
+    path: str
+    is_dir: bool
+    size: int
+    mtime_ns: int
+    remote_id: str = ""
+    uri: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRow:
+    """One decided action of a run (``copy``, ``mkdir``, ``delete``, ``skip``, ``fail``)."""
+
+    seq: int
+    action: str
+    key: str
+    src: str
+    dst: str
+    size: int
+    mtime_ns: int
+    overwrite: bool
+    reason: str
+    remote_id: str = ""
+    uri: str = ""
+    status: str = "pending"
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """A finished or running run of a job, as ``ferry status`` and ``history`` show it."""
+
+    id: int
+    job: str
+    started_at: float
+    finished_at: float | None
+    status: str
+    exit_code: int | None
+    bytes: int
+    transfers: int
+    checks: int
+    errors: int
+    deletes: int
+    message: str
+
+
+class StateDB:
+    """The state database of one config file; open it with :meth:`open`."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+        self._lock = anyio.Lock()
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, path: Path) -> AsyncIterator[StateDB]:
+        """Open (creating and migrating) the database at ``path`` and close it on exit."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        async with aiosqlite.connect(path, isolation_level=None) as conn:
+            await conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL keeps every commit across a process kill; only a power loss may drop the
+            # last transactions, which a re-run then re-plans from the listings.
+            await conn.execute("PRAGMA synchronous=NORMAL")
+            await conn.execute("PRAGMA foreign_keys=ON")
+            await conn.execute("PRAGMA busy_timeout=10000")
+            db = cls(conn)
+            await db._migrate()
+            yield db
+
+    async def _migrate(self) -> None:
+        async with self._conn.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        version = int(row[0]) if row else 0
+        for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+            statements = [s.strip() for s in script.split(";") if s.strip()]
+            async with self._write():
+                for statement in statements:
+                    await self._conn.execute(statement)
+                await self._conn.execute(f"PRAGMA user_version={number}")
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[None]:
+        """Run the enclosed statements as one immediate transaction, serialised."""
+        async with self._lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self._conn.execute("ROLLBACK")
+                raise
+            with anyio.CancelScope(shield=True):
+                await self._conn.execute("COMMIT")
+
+    async def schema_version(self) -> int:
+        """Return ``PRAGMA user_version``: the number of migrations applied."""
+        async with self._conn.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    # jobs and runs
+
+    async def job_id(self, name: str) -> int:
+        """Return the id of the job called ``name``, creating the row on first use."""
+        async with self._write():
+            await self._conn.execute(
+                "INSERT OR IGNORE INTO jobs(name, created_at) VALUES (?, ?)", (name, time.time())
+            )
+            async with self._conn.execute("SELECT id FROM jobs WHERE name = ?", (name,)) as cur:
+                row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def start_run(self, job_id: int) -> int:
+        """Record a new run in status ``running`` and return its id."""
+        async with self._write():
+            cursor = await self._conn.execute(
+                "INSERT INTO runs(job_id, started_at, status) VALUES (?, ?, 'running')",
+                (job_id, time.time()),
+            )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    async def finish_run(
+        self,
+        run_id: int,
+        *,
+        status: str,
+        exit_code: int,
+        counts: dict[str, int],
+        message: str = "",
+    ) -> None:
+        """Record the outcome of a run; ``counts`` has bytes, transfers, checks, errors, deletes."""
+        async with self._write():
+            await self._conn.execute(
+                "UPDATE runs SET finished_at = ?, status = ?, exit_code = ?, bytes = ?,"
+                " transfers = ?, checks = ?, errors = ?, deletes = ?, message = ? WHERE id = ?",
+                (
+                    time.time(),
+                    status,
+                    exit_code,
+                    counts.get("bytes", 0),
+                    counts.get("transfers", 0),
+                    counts.get("checks", 0),
+                    counts.get("errors", 0),
+                    counts.get("deletes", 0),
+                    message,
+                    run_id,
+                ),
+            )
+            await self._conn.execute("DELETE FROM scan WHERE run_id = ?", (run_id,))
+
+    async def runs(self, job: str | None = None, limit: int = 20) -> list[RunRecord]:
+        """Return the newest runs first, of one job or of all."""
+        query = (
+            "SELECT runs.id, jobs.name, started_at, finished_at, status, exit_code, bytes,"
+            " transfers, checks, errors, deletes, message FROM runs JOIN jobs"
+            " ON jobs.id = runs.job_id"
+        )
+        params: tuple[object, ...] = ()
+        if job is not None:
+            query += " WHERE jobs.name = ?"
+            params = (job,)
+        query += " ORDER BY runs.id DESC LIMIT ?"
+        async with self._conn.execute(query, (*params, limit)) as cursor:
+            rows = await cursor.fetchall()
+        return [RunRecord(*row) for row in rows]
+
+    async def item_counts(self, job: str) -> dict[str, int]:
+        """Return how many items of ``job`` are in each status."""
+        async with self._conn.execute(
+            "SELECT status, COUNT(*) FROM items JOIN jobs ON jobs.id = items.job_id"
+            " WHERE jobs.name = ? GROUP BY status",
+            (job,),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return {str(status): int(count) for status, count in rows}
+
+    # scanning
+
+    async def add_scan(self, run_id: int, side: int, rows: Sequence[ScanRow]) -> None:
+        """Store one batch of listing entries of ``side`` (``SRC`` or ``DST``)."""
+        async with self._write():
+            await self._conn.executemany(
+                "INSERT INTO scan(run_id, side, key, fold, path, is_dir, size, mtime_ns,"
+                " remote_id, uri) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        run_id,
+                        side,
+                        r.key,
+                        r.fold,
+                        r.path,
+                        int(r.is_dir),
+                        r.size,
+                        r.mtime_ns,
+                        r.remote_id,
+                        r.uri,
+                    )
+                    for r in rows
+                ],
+            )
+
+    async def clear_scan(self, run_id: int, side: int) -> None:
+        """Forget the entries of one side (a listing is retried from scratch)."""
+        async with self._write():
+            await self._conn.execute(
+                "DELETE FROM scan WHERE run_id = ? AND side = ?", (run_id, side)
+            )
+
+    async def scan_pages(self, run_id: int) -> AsyncIterator[list[tuple[int, ScanRow]]]:
+        """Yield both sides' entries as ``(side, row)`` pages sorted by key, then side, then path.
+
+        Pages are fetched by key range, so writes between pages are safe.
+        """
+        last: tuple[str, int, str] = ("", -1, "")
+        while True:
+            async with self._conn.execute(
+                "SELECT side, key, fold, path, is_dir, size, mtime_ns, remote_id, uri FROM scan"
+                " WHERE run_id = ? AND (key, side, path) > (?, ?, ?)"
+                " ORDER BY key, side, path LIMIT ?",
+                (run_id, *last, _PAGE),
+            ) as cursor:
+                rows = await cursor.fetchall()
+            if not rows:
+                return
+            page = [
+                (int(r[0]), ScanRow(r[1], r[2], r[3], bool(r[4]), int(r[5]), int(r[6]), r[7], r[8]))
+                for r in rows
+            ]
+            last = (page[-1][1].key, page[-1][0], page[-1][1].path)
+            yield page
+
+    async def fold_matches(self, run_id: int, side: int, fold: str) -> list[ScanRow]:
+        """Return the entries of ``side`` whose casefolded key is ``fold``."""
+        async with self._conn.execute(
+            "SELECT key, fold, path, is_dir, size, mtime_ns, remote_id, uri FROM scan"
+            " WHERE run_id = ? AND side = ? AND fold = ?",
+            (run_id, side, fold),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [
+            ScanRow(r[0], r[1], r[2], bool(r[3]), int(r[4]), int(r[5]), r[6], r[7]) for r in rows
+        ]
+
+    async def keys_exist(self, run_id: int, side: int, keys: Iterable[str]) -> set[str]:
+        """Return which of ``keys`` exist on ``side``."""
+        wanted = list(keys)
+        if not wanted:
+            return set()
+        marks = ",".join("?" * len(wanted))
+        async with self._conn.execute(
+            f"SELECT key FROM scan WHERE run_id = ? AND side = ? AND key IN ({marks})",
+            (run_id, side, *wanted),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return {str(r[0]) for r in rows}
+
+    # plans
+
+    async def add_plan(self, run_id: int, rows: Sequence[PlanRow]) -> None:
+        """Store one batch of decided actions."""
+        async with self._write():
+            await self._conn.executemany(
+                "INSERT INTO plan(run_id, seq, action, key, src, dst, size, mtime_ns, overwrite,"
+                " reason, remote_id, uri, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        run_id,
+                        r.seq,
+                        r.action,
+                        r.key,
+                        r.src,
+                        r.dst,
+                        r.size,
+                        r.mtime_ns,
+                        int(r.overwrite),
+                        r.reason,
+                        r.remote_id,
+                        r.uri,
+                        r.status,
+                    )
+                    for r in rows
+                ],
+            )
+
+    async def plan_pages(
+        self, run_id: int, action: str, status: str = "pending"
+    ) -> AsyncIterator[list[PlanRow]]:
+        """Yield the run's actions of one kind and status in plan order, a page at a time."""
+        last = -1
+        while True:
+            async with self._conn.execute(
+                "SELECT seq, action, key, src, dst, size, mtime_ns, overwrite, reason, remote_id,"
+                " uri, status FROM plan WHERE run_id = ? AND action = ? AND status = ? AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (run_id, action, status, last, _PAGE),
+            ) as cursor:
+                rows = await cursor.fetchall()
+            if not rows:
+                return
+            page = [
+                PlanRow(r[0], r[1], r[2], r[3], r[4], int(r[5]), int(r[6]), bool(r[7]), *r[8:])
+                for r in rows
+            ]
+            last = page[-1].seq
+            yield page
+
+    async def plan_summary(self, run_id: int) -> dict[str, tuple[int, int]]:
+        """Return ``{action: (count, bytes)}`` for the run's plan."""
+        async with self._conn.execute(
+            "SELECT action, COUNT(*), COALESCE(SUM(size), 0) FROM plan WHERE run_id = ?"
+            " GROUP BY action",
+            (run_id,),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return {str(a): (int(c), int(b)) for a, c, b in rows}
+
+    async def set_plan_status(self, run_id: int, updates: Sequence[tuple[int, str]]) -> None:
+        """Set the status of plan rows by ``(seq, status)``."""
+        async with self._write():
+            await self._conn.executemany(
+                "UPDATE plan SET status = ? WHERE run_id = ? AND seq = ?",
+                [(status, run_id, seq) for seq, status in updates],
+            )
+
+    # items
+
+    async def record_items(
+        self, job_id: int, run_id: int, items: Sequence[tuple[str, int, int, str, str]]
+    ) -> None:
+        """Upsert item outcomes ``(key, size, mtime_ns, status, error)`` in one transaction.
+
+        ``attempts`` counts failures since the last success.
+        """
+        now = time.time()
+        async with self._write():
+            await self._conn.executemany(
+                "INSERT INTO items(job_id, key, size, mtime_ns, status, attempts, last_error,"
+                " run_id, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(job_id, key) DO UPDATE SET size = excluded.size,"
+                " mtime_ns = excluded.mtime_ns, status = excluded.status,"
+                " attempts = CASE WHEN excluded.status = 'failed' THEN items.attempts + 1"
+                " ELSE 0 END, last_error = excluded.last_error, run_id = excluded.run_id,"
+                " updated_at = excluded.updated_at",
+                [
+                    (job_id, key, size, mtime, status, int(status == "failed"), error, run_id, now)
+                    for key, size, mtime, status, error in items
+                ],
+            )
+
+    async def failed_items(self, job: str, limit: int = 20) -> list[tuple[str, int, str]]:
+        """Return ``(key, attempts, last_error)`` of the job's failed items."""
+        async with self._conn.execute(
+            "SELECT key, attempts, last_error FROM items JOIN jobs ON jobs.id = items.job_id"
+            " WHERE jobs.name = ? AND status = 'failed' ORDER BY key LIMIT ?",
+            (job, limit),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [(str(k), int(a), str(e)) for k, a, e in rows]
+
+    # server tasks
+
+    async def record_task(
+        self, task_id: str, job_id: int, run_id: int, kind: str, status: str
+    ) -> None:
+        """Remember a server-side task id (remote download, relocate) and its last status."""
+        async with self._write():
+            await self._conn.execute(
+                "INSERT INTO server_tasks(id, job_id, run_id, kind, status, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET status = excluded.status,"
+                " updated_at = excluded.updated_at",
+                (task_id, job_id, run_id, kind, status, time.time()),
+            )
+
+    # upload journal
+
+    def journal(self) -> SqliteJournal:
+        """Return the :class:`transfer.UploadJournal` backed by this database."""
+        return SqliteJournal(self)
+
+    async def _journal_load(self, key: str) -> SavedUpload | None:
+        async with self._conn.execute(
+            "SELECT session FROM upload_sessions WHERE key = ?", (key,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        async with self._conn.execute(
+            "SELECT idx, etag FROM upload_chunks WHERE key = ?", (key,)
+        ) as cursor:
+            chunks = await cursor.fetchall()
+        fields = json.loads(row[0])
+        fields["upload_urls"] = tuple(fields.get("upload_urls", ()))
+        fields["acked"] = {int(i): str(e) for i, e in chunks}
+
+        return SavedUpload(**fields)
+
+    async def _journal_open(self, key: str, session: SavedUpload) -> None:
+        fields = asdict(session)
+        fields.pop("acked")
+        fields["upload_urls"] = list(session.upload_urls)
+        async with self._write():
+            await self._conn.execute("DELETE FROM upload_chunks WHERE key = ?", (key,))
+            await self._conn.execute(
+                "INSERT OR REPLACE INTO upload_sessions(key, session, updated_at) VALUES (?, ?, ?)",
+                (key, json.dumps(fields), time.time()),
+            )
+            await self._conn.executemany(
+                "INSERT INTO upload_chunks(key, idx, etag) VALUES (?, ?, ?)",
+                [(key, index, etag) for index, etag in session.acked.items()],
+            )
+
+    async def _journal_ack(self, key: str, index: int, etag: str) -> None:
+        async with self._write():
+            await self._conn.execute(
+                "INSERT OR REPLACE INTO upload_chunks(key, idx, etag) VALUES (?, ?, ?)",
+                (key, index, etag),
+            )
+
+    async def _journal_close(self, key: str) -> None:
+        async with self._write():
+            await self._conn.execute("DELETE FROM upload_chunks WHERE key = ?", (key,))
+            await self._conn.execute("DELETE FROM upload_sessions WHERE key = ?", (key,))
+
+    async def journal_keys(self) -> list[str]:
+        """Return the keys of every open upload session."""
+        async with self._conn.execute("SELECT key FROM upload_sessions ORDER BY key") as cursor:
+            rows = await cursor.fetchall()
+        return [str(r[0]) for r in rows]
+
+
+class SqliteJournal:
+    """:class:`transfer.UploadJournal` on the state database.
+
+    Every call commits before it returns, so a chunk the driver counts as acknowledged is on
+    disk before the next chunk of that file is counted.
+    """
+
+    def __init__(self, db: StateDB) -> None:
+        self._db = db
+
+    async def load(self, key: str) -> SavedUpload | None:
+        """Return the session saved for ``key`` with its acknowledged chunks, or None."""
+        return await self._db._journal_load(key)
+
+    async def session_opened(self, key: str, session: SavedUpload) -> None:
+        """Record a new session for ``key``, replacing any earlier one and its chunks."""
+        await self._db._journal_open(key, session)
+
+    async def chunk_acked(self, key: str, index: int, etag: str) -> None:
+        """Record that chunk ``index`` of the session for ``key`` was accepted."""
+        await self._db._journal_ack(key, index, etag)
+
+    async def session_closed(self, key: str) -> None:
+        """Forget the session for ``key`` (completed, cancelled or deleted)."""
+        await self._db._journal_close(key)
