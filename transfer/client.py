@@ -588,6 +588,24 @@ class DriveClient:
         """One exchange with a storage host or content link, without any token (no pacer)."""
         return await self._exchange(self.storage_http, method, url, headers=headers, data=data)
 
+    async def storage_call(
+        self, method: str, url: str, *, headers: Mapping[str, str], data: bytes, what: str
+    ) -> object:
+        """Send one request to a storage URL that answers with a Cloudreve envelope (a slave).
+
+        Goes through the pacer, carries no token, and returns the envelope's ``data``.
+        """
+
+        async def attempt() -> object:
+            answer = await self._exchange(
+                self.storage_http, method, url, headers=headers, data=data
+            )
+            return decode_response(
+                answer.status, answer.headers, answer.body, method, _strip_query(url)
+            )
+
+        return await self.pacer.call(attempt, what=what)
+
     def now_utc(self) -> datetime:
         """Server-adjusted current time as an aware datetime."""
         return datetime.fromtimestamp(self.server_time(), UTC)

@@ -1,0 +1,413 @@
+"""The chunked upload driver (contract 6): open or resume a session, send chunks, verify.
+
+The driver cuts the file at exactly the session's ``chunk_size`` and sends the chunks through
+the policy's :class:`~transfer.backend.ChunkWriter`, up to the policy's ``chunk_concurrency`` at
+once (strictly in order when that is 1). Chunks are read from disk at their offset, so memory is
+bounded by concurrency x chunk size. Every opened session and every accepted chunk is recorded in
+the :class:`~transfer.backend.UploadJournal`, so a new process re-sends only the missing chunks.
+
+An expired session (by ``expires`` against server time, or ``40011`` on a resumed session) is
+cancelled and the file starts again from chunk 0 in a new session. The driver never decides
+*whether* to upload.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import anyio
+import structlog
+
+from transfer.accounting import BandwidthLimiter
+from transfer.api import UploadSession
+from transfer.backend import PartResult, RemoteEntry, SavedUpload, UploadJournal, WriterContext
+from transfer.client import DriveClient
+from transfer.config import TransferConfig
+from transfer.errors import (
+    ApiError,
+    FerryError,
+    IntegrityError,
+    LockConflict,
+    NotFound,
+    ObjectExists,
+    SessionExpired,
+    UnsupportedFeature,
+    UploadFailed,
+)
+from transfer.names import nfc
+from transfer.policies import make_writer
+from transfer.uris import join_remote, to_uri
+
+__all__ = ["ChunkPlan", "Uploader", "chunk_plan", "version_tuple"]
+
+log = structlog.get_logger()
+
+_ORDERED_COMPLETION = (4, 18, 0)
+_MAX_RESTARTS = 2
+
+_WriteFn = Callable[[int, int, bytes], Awaitable[PartResult]]
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """Parse ``"4.18.0"`` / ``"4.14.0-pro"`` into ``(4, 18, 0)``; unknown parts count as 0."""
+    numbers: list[int] = []
+    for part in version.split("-", 1)[0].split(".")[:3]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        numbers.append(int(digits) if digits else 0)
+    return tuple(numbers)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkPlan:
+    """How a file of ``size`` bytes is cut: ``count`` chunks of ``chunk_size`` (last shorter)."""
+
+    size: int
+    chunk_size: int
+    count: int
+
+    def offset(self, index: int) -> int:
+        """Byte offset of chunk ``index``."""
+        return index * self.chunk_size
+
+    def length(self, index: int) -> int:
+        """Byte length of chunk ``index``."""
+        if self.count == 1:
+            return self.size
+        return min(self.chunk_size, self.size - self.offset(index))
+
+
+def chunk_plan(size: int, chunk_size: int, *, single: bool = False) -> ChunkPlan:
+    """Cut ``size`` bytes per contract 6.3: ``max(1, ceil(size / chunk_size))`` chunks.
+
+    ``chunk_size`` 0 (or ``single``) means one request with the whole file; an empty file is one
+    zero-length chunk.
+    """
+    if size < 0 or chunk_size < 0:
+        raise ValueError("size and chunk_size must not be negative")
+    if chunk_size == 0 or single or size == 0:
+        return ChunkPlan(size=size, chunk_size=max(size, chunk_size), count=1)
+
+    return ChunkPlan(size=size, chunk_size=chunk_size, count=max(1, math.ceil(size / chunk_size)))
+
+
+@dataclass(slots=True)
+class _Run:
+    """One attempt at sending the chunks of one session."""
+
+    local: Path
+    key: str
+    journal: UploadJournal
+    saved: SavedUpload
+    plan: ChunkPlan
+    concurrency: int
+    progress: Callable[[int], None] | None
+    acked: dict[int, str] = field(default_factory=dict)
+    error: FerryError | None = None
+
+
+class Uploader:
+    """Uploads local files to one drive; shared by all workers of that drive.
+
+    Args:
+        client: the drive's API client.
+        config: chunk concurrency cap, NFC and retry settings.
+        limiter: shared upload bandwidth limiter, if any.
+        server_version: from ``/site/ping``; before 4.18.0 the last chunk goes last.
+    """
+
+    def __init__(
+        self,
+        client: DriveClient,
+        config: TransferConfig,
+        *,
+        limiter: BandwidthLimiter | None = None,
+        server_version: str = "4.18.0",
+    ) -> None:
+        self.client = client
+        self.config = config
+        self.limiter = limiter
+        self.ordered_last = version_tuple(server_version) < _ORDERED_COMPLETION
+
+    async def upload(
+        self,
+        local: Path,
+        remote_path: str,
+        *,
+        overwrite: bool,
+        journal: UploadJournal,
+        key: str,
+        progress: Callable[[int], None] | None = None,
+    ) -> RemoteEntry:
+        """Upload ``local`` to ``remote_path``, resuming the session journaled under ``key``.
+
+        The journal key must change when the local content changes (e.g. include size and
+        mtime): chunks acknowledged under a key are never re-read.
+
+        Raises:
+            ObjectExists, QuotaExceeded, LockConflict, ApiError: the session could not be opened.
+            UploadFailed: a chunk failed; its flags copy the cause's (the session stays journaled
+                when the failure is retryable, so a later call resumes it).
+            IntegrityError: the server's file does not show the full size afterwards.
+        """
+        size, mtime_ms = await _stat(local)
+        path = join_remote(nfc(remote_path) if self.config.upload_nfc else remote_path)
+        uri = to_uri(path)
+        saved = await journal.load(key)
+        previous = saved
+        if saved is not None and not self._resumable(saved, uri, size):
+            await self._cancel(saved, journal, key)
+            saved = None
+        if saved is None:
+            session = await self._open(uri, size, mtime_ms, overwrite, journal, key, previous)
+            saved, concurrency = session.saved, session.chunk_concurrency
+        else:
+            concurrency = await self._policy_concurrency(path)
+            log.debug("upload_resumed", path=path, session_acked=len(saved.acked))
+
+        restarts = 0
+        while True:
+            try:
+                await self._send(local, key, journal, saved, concurrency, progress)
+                break
+            except SessionExpired as exc:
+                if await self._completed(uri, size):
+                    break
+                if restarts >= _MAX_RESTARTS:
+                    raise UploadFailed(
+                        str(local), 0, 0, "upload session lost", retryable=True
+                    ) from exc
+                restarts += 1
+                log.warning("upload_session_expired", path=path, session_id=saved.session_id)
+                await self._cancel(saved, journal, key)
+                session = await self._open(uri, size, mtime_ms, overwrite, journal, key, saved)
+                saved, concurrency = session.saved, session.chunk_concurrency
+
+        entry = await self._verify(local, uri, size, saved, journal, key)
+        await journal.session_closed(key)
+        log.info("upload_completed", path=path, size_bytes=size)
+        return entry
+
+    def _resumable(self, saved: SavedUpload, uri: str, size: int) -> bool:
+        if saved.uri != uri or saved.size != size:
+            return False
+        return not self._expired(saved)
+
+    def _expired(self, saved: SavedUpload) -> bool:
+        margin = min(300.0, max(1.0, self.client.expected_call_s))
+        return self.client.server_time() >= saved.expires - margin
+
+    async def _policy_concurrency(self, path: str) -> int:
+        """The policy's chunk concurrency for a resumed session (read from the parent listing)."""
+        if self.config.chunk_concurrency == 1:
+            return 1
+        parent = path.rsplit("/", 1)[0] or "/"
+        try:
+            page = await self.client.list_page(to_uri(parent), page_size=1)
+        except NotFound:
+            return 1
+        value = page.policy.get("chunk_concurrency")
+        return value if isinstance(value, int) and value > 0 else 1
+
+    async def _open(
+        self,
+        uri: str,
+        size: int,
+        mtime_ms: int,
+        overwrite: bool,
+        journal: UploadJournal,
+        key: str,
+        previous: SavedUpload | None,
+    ) -> UploadSession:
+        """Open a session; an orphan placeholder or lock of our previous session is removed once."""
+        try:
+            session = await self.client.create_upload_session(
+                uri, size, last_modified_ms=mtime_ms, overwrite=overwrite
+            )
+        except (ObjectExists, LockConflict) as exc:
+            if previous is None or not await self._is_our_orphan(exc, uri, previous):
+                raise
+            log.warning("upload_orphan_removed", uri=uri, session_id=previous.session_id)
+            await self._cancel(previous, journal, key)
+            session = await self.client.create_upload_session(
+                uri, size, last_modified_ms=mtime_ms, overwrite=overwrite
+            )
+        saved = replace(session.saved, uri=uri, acked={})
+        await journal.session_opened(key, saved)
+        cap = self.config.chunk_concurrency
+        concurrency = (
+            session.chunk_concurrency if cap is None else min(cap, session.chunk_concurrency)
+        )
+
+        return replace(session, saved=saved, chunk_concurrency=max(1, concurrency))
+
+    async def _is_our_orphan(self, exc: ApiError, uri: str, previous: SavedUpload) -> bool:
+        if previous.uri != uri:
+            return False
+        if isinstance(exc, LockConflict):
+            return any(_is_upload_lock(item) for item in exc.conflicts) or not exc.conflicts
+        try:
+            entry = await self.client.file_info(uri)
+        except NotFound:
+            return False
+        return entry.metadata.get("sys:upload_session_id") == previous.session_id
+
+    async def _cancel(self, saved: SavedUpload, journal: UploadJournal, key: str) -> None:
+        """Delete a session and its placeholder; a session the server no longer has is fine."""
+        try:
+            await self.client.delete_upload_session(saved.session_id, saved.uri)
+        except (NotFound, SessionExpired) as exc:
+            log.debug("upload_session_gone", session_id=saved.session_id, api_code=exc.code)
+        await journal.session_closed(key)
+
+    async def _completed(self, uri: str, size: int) -> bool:
+        """True when the file is whole on the server (contract 6.9: 40011 after completion)."""
+        try:
+            entry = await self.client.file_info(uri)
+        except NotFound:
+            return False
+        return not entry.uploading and entry.size == size
+
+    async def _send(
+        self,
+        local: Path,
+        key: str,
+        journal: UploadJournal,
+        saved: SavedUpload,
+        concurrency: int,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        """Send every chunk not yet acknowledged, then finish the upload with the writer."""
+        writer = make_writer(
+            WriterContext(
+                session=saved,
+                storage_http=self.client.storage_http,
+                api=self.client,
+                clock=self.client.server_time,
+            )
+        )
+        plan = chunk_plan(saved.size, saved.chunk_size, single=writer.single_chunk)
+        if writer.max_concurrency is not None:
+            concurrency = min(concurrency, writer.max_concurrency)
+        run = _Run(local, key, journal, saved, plan, max(1, concurrency), progress)
+        run.acked.update({i: etag for i, etag in saved.acked.items() if 0 <= i < plan.count})
+        todo = [i for i in range(plan.count) if i not in run.acked]
+        await self._send_indices(run, writer.write_chunk, todo)
+        parts = [PartResult(index=i, etag=run.acked[i]) for i in range(plan.count)]
+        await writer.finish(parts)
+
+    async def _send_indices(self, run: _Run, write: _WriteFn, todo: list[int]) -> None:
+        """Run the chunks in ``todo`` with ``run.concurrency`` workers, in index order."""
+        last = run.plan.count - 1
+        hold_last = self.ordered_last and run.concurrency > 1 and last in todo and len(todo) > 1
+        first = [i for i in todo if not (hold_last and i == last)]
+        if run.concurrency == 1:
+            for index in first:
+                await self._send_chunk(run, write, index)
+        else:
+            await self._pool(run, write, iter(first))
+        if run.error is not None:
+            raise run.error
+        if hold_last:
+            # Servers before 4.18.0 complete on the last index, whatever else arrived.
+            await self._send_chunk(run, write, last)
+
+    async def _pool(self, run: _Run, write: _WriteFn, indices: Iterator[int]) -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def worker() -> None:
+                for index in indices:
+                    try:
+                        await self._send_chunk(run, write, index)
+                    except FerryError as exc:
+                        if run.error is None:
+                            run.error = exc
+                        tg.cancel_scope.cancel()
+                        return
+
+            for _ in range(run.concurrency):
+                tg.start_soon(worker)
+
+    async def _send_chunk(self, run: _Run, write: _WriteFn, index: int) -> None:
+        """Read one chunk at its offset, send it, and journal it."""
+        offset, length = run.plan.offset(index), run.plan.length(index)
+        if self._expired(run.saved):
+            raise SessionExpired(0, 40011, "upload session expired (local clock check)")
+        data = await anyio.to_thread.run_sync(_read_at, run.local, offset, length)
+        if len(data) != length:
+            raise IntegrityError(str(run.local), f"{length} bytes at {offset}", len(data))
+        if self.limiter is not None:
+            await self.limiter.acquire(length)
+        started = time.monotonic()
+        try:
+            part = await write(index, offset, data)
+        except SessionExpired:
+            raise
+        except FerryError as exc:
+            raise UploadFailed(
+                str(run.local), index, offset, str(exc), retryable=exc.retryable, fatal=exc.fatal
+            ) from exc
+        elapsed = time.monotonic() - started
+        self.client.expected_call_s = max(self.client.expected_call_s, min(3600.0, 2 * elapsed))
+        run.acked[index] = part.etag
+        await run.journal.chunk_acked(run.key, index, part.etag)
+        log.debug("chunk_uploaded", path=str(run.local), chunk=index, offset=offset)
+        if run.progress is not None:
+            run.progress(length)
+
+    async def _verify(
+        self,
+        local: Path,
+        uri: str,
+        size: int,
+        saved: SavedUpload,
+        journal: UploadJournal,
+        key: str,
+    ) -> RemoteEntry:
+        """Check file info shows the full size and no upload session (contract 6.9)."""
+        entry = await self.client.file_info(uri)
+        if entry.uploading:
+            # A failed completion is not redone by re-sending chunks: cancel and start over.
+            await self._cancel(saved, journal, key)
+            raise UploadFailed(
+                str(local), 0, 0, "server did not complete the upload", retryable=True
+            )
+        if entry.size != size:
+            raise IntegrityError(str(local), size, entry.size)
+
+        return entry
+
+
+def _is_upload_lock(item: dict[str, object]) -> bool:
+    owner = item.get("owner")
+    if not isinstance(owner, dict):
+        return False
+    application = owner.get("application")
+    return isinstance(application, dict) and application.get("type") == "upload"
+
+
+async def _stat(local: Path) -> tuple[int, int]:
+    """Return size and mtime (unix ms) of a regular file."""
+    st = await anyio.Path(local).stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsupportedFeature(f"{local} is not a regular file; spool it to a file first")
+    return st.st_size, st.st_mtime_ns // 1_000_000
+
+
+def _read_at(path: Path, offset: int, length: int) -> bytes:
+    """Read ``length`` bytes at ``offset`` (fewer only at end of file)."""
+    parts: list[bytes] = []
+    with path.open("rb") as fh:
+        while length > 0:
+            block = os.pread(fh.fileno(), min(length, 1 << 30), offset)
+            if not block:
+                break
+            parts.append(block)
+            offset += len(block)
+            length -= len(block)
+    return b"".join(parts)
