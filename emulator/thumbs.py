@@ -15,9 +15,6 @@ With the emulator's ``obfuscate_thumbs`` option the URL is encoded with
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import uuid
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -32,6 +29,7 @@ from emulator.core import State, ok, state, timestamp
 from emulator.errors import ApiError
 from emulator.files import resolve
 from emulator.store import ENTITY_THUMBNAIL, FileRow
+from emulator.upload import sign_path
 
 __all__ = ["THUMB_DISABLED", "ThumbUnavailable", "make_thumbnail", "setup"]
 
@@ -96,8 +94,7 @@ def content_url(st: State, entity_id: int, name: str, ttl_s: int) -> str:
     """Return the signed ``/file/content`` URL of an entity (contract 5.8), speed 0."""
     path = f"/api/v4/file/content/{hashids.encode(entity_id, hashids.ENTITY)}/0/{name}"
     expires = int(st.clock.now()) + ttl_s if ttl_s else 0
-    digest = hmac.new(st.store.secret.encode(), f"{path}:{expires}".encode(), hashlib.sha256)
-    sign = f"{base64.urlsafe_b64encode(digest.digest()).decode()}:{expires}"
+    sign = sign_path(st.store.secret, path, {}, expires)
     escaped = f"/api/v4/file/content/{hashids.encode(entity_id, hashids.ENTITY)}/0/{quote(name)}"
     return f"{st.site_url}{escaped}?{urlencode({'sign': sign})}"
 

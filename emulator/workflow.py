@@ -144,7 +144,7 @@ class HttpDownload:
         with self._cancel:
             try:
                 await self._fetch()
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
                 self.state = "error"
                 self.error_message = f"{type(exc).__name__}: {exc}"
                 log.warning("remote_download_failed", url=self.url, error=self.error_message)
@@ -303,7 +303,6 @@ class RemoteDownloadJob:
             raise TaskFailed(
                 f"failed to transfer {self.failed} file(s), first 5 errors: {'; '.join(errors[:5])}"
             )
-        task.progress = {}
         task.phase = PHASE_SEEDING
         task.resume_after(self.clock.now(), 0)
         return TaskStatus.SUSPENDING
