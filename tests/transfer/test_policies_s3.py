@@ -291,6 +291,28 @@ async def test_s6_9_complete_answer_lost_then_retried_goes_on_to_callback(
     assert api.calls == [("s3", session.session_id, session.callback_secret)]
 
 
+async def test_s6_9_complete_finding_no_upload_and_no_object_asks_for_new_session(
+    proxy: S3Proxy, http: aiohttp.ClientSession
+) -> None:
+    """NoSuchUpload on the complete plus a failing callback raise PartUrlExpired (new session)."""
+    api = FakeCallbackApi(fail_with=ApiError(400, 40055, "size mismatch", method="GET"))
+    session = await proxy.open_session("s3", 10, CHUNK)
+    writer = S3Writer(WriterContext(session, http, api))
+    part = await writer.write_chunk(0, 0, b"0123456789")
+    proxy.faults.append(
+        lambda s: web.Response(
+            status=404,
+            body=b"<Error><Code>NoSuchUpload</Code><Message>gone</Message></Error>",
+        )
+    )
+
+    with pytest.raises(PartUrlExpired) as caught:
+        await writer.finish([part])
+
+    assert isinstance(caught.value.__cause__, ApiError)
+    assert len(api.calls) == 1
+
+
 async def test_br12_callback_failure_is_never_done(
     proxy: S3Proxy, http: aiohttp.ClientSession
 ) -> None:

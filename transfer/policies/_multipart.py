@@ -103,7 +103,7 @@ class MultipartWriter:
         self._ctx = ctx
         self._http = http_of(ctx)
         self._completed = False
-        self._complete_sent = False
+        self._upload_gone: PartUrlExpired | None = None
 
     @property
     def max_concurrency(self) -> int | None:
@@ -149,9 +149,10 @@ class MultipartWriter:
     async def finish(self, parts: list[PartResult]) -> None:
         """Complete the multipart upload, then call Cloudreve back when the policy needs it.
 
-        Safe to call again after a retryable failure: a complete that succeeded is not re-sent,
-        and a complete retried after a lost answer that finds the upload gone goes on to the
-        callback, which checks the stored object's size itself.
+        Safe to call again after a retryable failure: a complete that succeeded is not re-sent.
+        A complete that finds the multipart upload gone (an earlier complete's answer was lost)
+        goes on to the callback, which checks the stored object's size; if that fails too, the
+        storage side is lost and :class:`PartUrlExpired` asks for a new session.
 
         Raises:
             UploadFailed: ``parts`` does not hold every chunk with its ETag.
@@ -170,18 +171,24 @@ class MultipartWriter:
         if not self._completed:
             await self._complete(ordered)
             self._completed = True
-        if self.client_callback:
+        if not self.client_callback:
+            return
+        try:
             await self._ctx.api.upload_callback(
                 self.policy_type, session.session_id, session.callback_secret
             )
+        except ApiError as exc:
+            if self._upload_gone is None:
+                raise
+            # The complete found no multipart upload and the server has no whole object either:
+            # the storage side is lost, only a new session can finish the file.
+            raise self._upload_gone from exc
 
     async def _complete(self, parts: list[PartResult]) -> None:
         url = self._ctx.session.complete_url
         self._check_fresh(url, "POST")
         body = complete_xml(parts) if self.complete_with_parts else b""
         headers = {"Content-Type": self.complete_content_type, **self.complete_headers}
-        retried = self._complete_sent
-        self._complete_sent = True
         resp = await send(self._http, "POST", url, data=body, headers=headers)
         if resp.status == 200:
             error = _error_in_body(resp, url)
@@ -190,10 +197,12 @@ class MultipartWriter:
                 return
             raise error
         error = storage_error(resp, "POST", url)
-        if retried and isinstance(error, PartUrlExpired) and resp.status == 404:
-            # Workaround: the first complete may have succeeded with its answer lost; S3 then
-            # says NoSuchUpload. The callback that follows checks the stored object's size.
+        if self.client_callback and isinstance(error, PartUrlExpired) and resp.status == 404:
+            # Workaround: an earlier complete (this process or a crashed one) may have succeeded
+            # with its answer lost; S3 then says NoSuchUpload. The callback checks the stored
+            # object's size, so it tells a completed upload from a lost one.
             _log.debug("multipart_complete_assumed", policy=self.policy_type)
+            self._upload_gone = error
             return
         raise error
 
