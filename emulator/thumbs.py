@@ -17,19 +17,18 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from urllib.parse import quote, urlencode
 
 import anyio.to_thread
 import structlog
 from aiohttp import web
 from PIL import Image, UnidentifiedImageError
 
-from emulator import errors, hashids, obfuscate
+from emulator import errors, obfuscate
+from emulator.content import content_url
 from emulator.core import State, ok, state, timestamp
 from emulator.errors import ApiError
 from emulator.files import resolve
-from emulator.store import ENTITY_THUMBNAIL, FileRow
-from emulator.upload import sign_path
+from emulator.store import ENTITY_THUMBNAIL, LOCAL_STORAGE_TYPES, Entity, FileRow
 
 __all__ = ["THUMB_DISABLED", "ThumbUnavailable", "make_thumbnail", "setup"]
 
@@ -81,7 +80,7 @@ async def get_thumb(request: web.Request) -> web.Response:
     if thumb is None:
         thumb = await _generate(st, item)
     ttl = st.config.url_ttl
-    url = content_url(st, thumb, f"{item.name}.jpg", ttl)
+    url = await _thumb_url(st, st.store.entity(thumb), f"{item.name}.jpg", ttl)
     body: dict[str, object] = {"url": url}
     if st.config.obfuscate_thumbs:
         body["url"] = obfuscate.encode(url, obfuscate.time_key(st.clock.now()))
@@ -90,13 +89,12 @@ async def get_thumb(request: web.Request) -> web.Response:
     return ok(body)
 
 
-def content_url(st: State, entity_id: int, name: str, ttl_s: int) -> str:
-    """Return the signed ``/file/content`` URL of an entity (contract 5.8), speed 0."""
-    path = f"/api/v4/file/content/{hashids.encode(entity_id, hashids.ENTITY)}/0/{name}"
-    expires = int(st.clock.now()) + ttl_s if ttl_s else 0
-    sign = sign_path(st.store.secret, path, {}, expires)
-    escaped = f"/api/v4/file/content/{hashids.encode(entity_id, hashids.ENTITY)}/0/{quote(name)}"
-    return f"{st.site_url}{escaped}?{urlencode({'sign': sign})}"
+async def _thumb_url(st: State, entity: Entity, name: str, ttl_s: int) -> str:
+    """A signed content URL for a local thumbnail, else the storage's own URL."""
+    policy = st.store.policy(entity.policy_id)
+    if policy.type in LOCAL_STORAGE_TYPES or policy.type not in st.drivers:
+        return content_url(st, entity, name, download=False, ttl_s=ttl_s)
+    return await st.drivers[policy.type].download_url(entity.storage_key, name, ttl_s, False)
 
 
 def _unavailable() -> ApiError:
