@@ -20,7 +20,8 @@ import json
 import os
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -32,6 +33,7 @@ import aiohttp
 import anyio
 import pyotp
 import structlog
+from yarl import URL
 
 from transfer.api import (
     CODE_2FA_REQUIRED,
@@ -59,7 +61,7 @@ from transfer.errors import (
 )
 from transfer.pacer import Pacer
 
-__all__ = ["DriveClient", "HttpAnswer"]
+__all__ = ["DriveClient", "HttpAnswer", "StreamAnswer"]
 
 log = structlog.get_logger()
 
@@ -76,6 +78,30 @@ class HttpAnswer:
     status: int
     headers: Mapping[str, str]
     body: bytes
+
+
+class StreamAnswer:
+    """An HTTP answer whose body is read in blocks; read errors become NetworkError."""
+
+    def __init__(self, resp: aiohttp.ClientResponse, method: str, url: str) -> None:
+        self.status = resp.status
+        self.headers: Mapping[str, str] = resp.headers
+        self._resp = resp
+        self._method = method
+        self._url = url
+
+    async def blocks(self, size: int = 1 << 18) -> AsyncIterator[bytes]:
+        """Yield the body in blocks of at most ``size`` bytes."""
+        try:
+            async for block in self._resp.content.iter_chunked(size):
+                yield block
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise NetworkError(f"{type(exc).__name__}: {exc}", self._method, self._url) from exc
+
+    async def read(self) -> bytes:
+        """Read the whole (small) body."""
+        parts = [block async for block in self.blocks()]
+        return b"".join(parts)
 
 
 def _strip_query(url: str) -> str:
@@ -183,9 +209,10 @@ class DriveClient:
         """Send one request and read the whole answer; aiohttp failures become NetworkError."""
         started = time.monotonic()
         try:
+            target = URL(url, encoded=True) if session is self._storage else url
             async with session.request(
                 method,
-                url,
+                target,
                 params=params,
                 json=json_body,
                 data=data,
@@ -338,6 +365,14 @@ class DriveClient:
         return chunk and isinstance(exc, SessionExpired)
 
     # -- tokens ------------------------------------------------------------------------------
+
+    async def ensure_signed_in(self) -> None:
+        """Sign in (or refresh) now unless a cached token is still good.
+
+        Raises:
+            AuthError: sign-in failed.
+        """
+        await self._valid_token()
 
     async def _valid_token(self) -> tuple[str, int]:
         """Return a usable access token and its generation, refreshing it when it runs short."""
@@ -605,6 +640,20 @@ class DriveClient:
             )
 
         return await self.pacer.call(attempt, what=what)
+
+    @asynccontextmanager
+    async def stream(
+        self, url: str, *, headers: Mapping[str, str] | None = None
+    ) -> AsyncIterator[StreamAnswer]:
+        """GET a storage URL or content link verbatim, without any token, for block reading."""
+        try:
+            resp = await self.storage_http.get(URL(url, encoded=True), headers=headers)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise NetworkError(f"{type(exc).__name__}: {exc}", "GET", _strip_query(url)) from exc
+        try:
+            yield StreamAnswer(resp, "GET", _strip_query(url))
+        finally:
+            resp.release()
 
     def now_utc(self) -> datetime:
         """Server-adjusted current time as an aware datetime."""
