@@ -1,0 +1,349 @@
+"""S3 and KS3 policies, backed by a real S3 implementation: moto's threaded server.
+
+moto serves the multipart upload itself (parts, ETags, ``InvalidPart``, ``EntityTooSmall``,
+the final object). The emulator puts a proxy in front of it, under ``/storage/<type>/``, for three
+reasons: moto accepts any signature and never expires a presigned URL (contract 11.1), and the
+emulator's own fault injection must apply to part uploads. The proxy therefore
+
+* answers ``403 SignatureDoesNotMatch`` unless method, path and query are exactly those of a URL
+  this driver presigned (the signature covers them on real S3);
+* answers ``403 AccessDenied`` / ``Request has expired`` once ``X-Amz-Date + X-Amz-Expires`` lies
+  behind the emulator clock;
+* answers ``411 MissingContentLength`` to a part PUT without a length, as S3 does;
+* forwards everything else to moto, streaming the body both ways.
+
+Workaround: moto fails a complete POST whose body is typed ``x-www-form-urlencoded`` (the
+default of some HTTP clients) with HTTP 500, where S3 ignores the type; the proxy hands moto the
+body as ``application/xml`` so that the S3 behaviour shows.
+"""
+
+from __future__ import annotations
+
+import calendar
+import mimetypes
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import anyio
+import boto3
+import structlog
+from aiohttp import web
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from moto.server import ThreadedMotoServer
+from yarl import URL
+
+from emulator.policies._common import (
+    READ_BLOCK,
+    Clock,
+    chunk_lengths,
+    session_chunk_size,
+    xml_error,
+)
+from emulator.policy import CallbackFailed, SessionCredentials, UploadHost, UploadSessionInfo
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+log = structlog.get_logger()
+
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host", "trailer"}
+    | {"proxy-authorization", "proxy-authenticate"}
+)
+
+
+class MotoS3:
+    """A moto S3 server on a loopback port and a boto3 client for it, for one emulator run."""
+
+    def __init__(self) -> None:
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.endpoint = ""
+        self._client: S3Client | None = None
+
+    @property
+    def client(self) -> S3Client:
+        """The boto3 client; only valid between :meth:`start` and :meth:`stop`."""
+        if self._client is None:
+            raise RuntimeError("moto S3 server is not running")
+        return self._client
+
+    async def start(self) -> None:
+        """Start the server thread and create the client."""
+        await anyio.to_thread.run_sync(self._server.start)
+        host, port = self._server.get_host_and_port()
+        self.endpoint = f"http://{host}:{port}"
+        self._client = await anyio.to_thread.run_sync(self._make_client)
+        log.debug("moto_started", endpoint=self.endpoint)
+
+    def _make_client(self) -> S3Client:
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="emulator",
+            aws_secret_access_key="emulator-secret",
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+        )
+
+    async def stop(self) -> None:
+        """Stop the server, close its listening socket and join its thread."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        await anyio.to_thread.run_sync(self._server.stop)
+        # Workaround: ThreadedMotoServer.stop() shuts the server down but never closes its
+        # listening socket, which would leak (a ResourceWarning) until garbage collection.
+        server = self._server._server
+        if server is not None:
+            server.server_close()
+        log.debug("moto_stopped", endpoint=self.endpoint)
+
+    async def call(self, fn: Any, /, **kwargs: Any) -> Any:
+        """Run one blocking boto3 call in a worker thread."""
+        return await anyio.to_thread.run_sync(partial(fn, **kwargs))
+
+
+@dataclass(frozen=True, slots=True)
+class _Issued:
+    """What a presigned URL signed: the proxy accepts only this exact request."""
+
+    method: str
+    path: str
+    query: tuple[tuple[str, str], ...]
+
+
+class S3Driver:
+    """A :class:`~emulator.policy.PolicyDriver` for ``s3`` or ``ks3`` over moto."""
+
+    DEFAULT_CHUNK: ClassVar[int] = 25 << 20
+
+    def __init__(
+        self,
+        policy_type: str,
+        moto: MotoS3,
+        host: UploadHost,
+        http: aiohttp.ClientSession,
+        clock: Clock,
+    ) -> None:
+        self.type = policy_type
+        self.bucket = f"cloudreve-{policy_type}-{secrets.token_hex(4)}"
+        self._moto = moto
+        self._host = host
+        self._http = http
+        self._clock = clock
+        self._prefix = f"/storage/{policy_type}"
+        self._issued: dict[str, _Issued] = {}
+        self._uploads: dict[str, tuple[str, str]] = {}
+        """session id -> (key, upload id)."""
+
+    async def create_bucket(self) -> None:
+        """Create this driver's bucket in moto."""
+        await self._moto.call(self._moto.client.create_bucket, Bucket=self.bucket)
+
+    async def drop_bucket(self) -> None:
+        """Abort open uploads, delete every object and the bucket (moto keeps state per process)."""
+        client = self._moto.client
+        listing = await self._moto.call(client.list_multipart_uploads, Bucket=self.bucket)
+        for upload in listing.get("Uploads", []):
+            await self._moto.call(
+                client.abort_multipart_upload,
+                Bucket=self.bucket,
+                Key=upload["Key"],
+                UploadId=upload["UploadId"],
+            )
+        paginator = client.get_paginator("list_objects_v2")
+        pages = await anyio.to_thread.run_sync(lambda: list(paginator.paginate(Bucket=self.bucket)))
+        for page in pages:
+            for obj in page.get("Contents", []):
+                await self._moto.call(client.delete_object, Bucket=self.bucket, Key=obj["Key"])
+        await self._moto.call(client.delete_bucket, Bucket=self.bucket)
+
+    def default_chunk_size(self) -> int:
+        """Return 25 MiB, the Cloudreve default for S3 and KS3."""
+        return self.DEFAULT_CHUNK
+
+    # -- presigning ---------------------------------------------------------------------------
+
+    def _presign(self, method: str, operation: str, params: dict[str, Any], ttl_s: int) -> str:
+        """Presign ``operation`` with boto3 and return the proxy URL for it."""
+        raw = self._moto.client.generate_presigned_url(
+            operation, Params={"Bucket": self.bucket, **params}, ExpiresIn=max(1, ttl_s)
+        )
+        parts = urlsplit(raw)
+        url = URL(f"{self._host.site_url}{self._prefix}{parts.path}?{parts.query}", encoded=True)
+        self._issued[url.query["X-Amz-Signature"]] = _Issued(
+            method, url.path, tuple(sorted(url.query.items()))
+        )
+
+        return str(url)
+
+    def _presign_session(self, session: UploadSessionInfo, upload_id: str) -> SessionCredentials:
+        ttl = int(session.expires - self._clock())
+        chunk = session_chunk_size(session.chunk_size, self.DEFAULT_CHUNK)
+        common = {"Key": session.storage_key, "UploadId": upload_id}
+        urls = tuple(
+            self._presign("PUT", "upload_part", {**common, "PartNumber": index + 1}, ttl)
+            for index in range(len(chunk_lengths(session.size, chunk)))
+        )
+        complete = self._presign("POST", "complete_multipart_upload", common, ttl)
+
+        return SessionCredentials(upload_id=upload_id, upload_urls=urls, complete_url=complete)
+
+    async def open_session(self, session: UploadSessionInfo) -> SessionCredentials:
+        """Create the multipart upload and presign one part URL per chunk and the complete URL."""
+        mime = session.mime_type or mimetypes.guess_type(session.uri)[0] or "binary/octet-stream"
+        created = await self._moto.call(
+            self._moto.client.create_multipart_upload,
+            Bucket=self.bucket,
+            Key=session.storage_key,
+            ContentType=mime,
+        )
+        upload_id = str(created["UploadId"])
+        self._uploads[session.session_id] = (session.storage_key, upload_id)
+
+        return await anyio.to_thread.run_sync(self._presign_session, session, upload_id)
+
+    async def abort_session(self, session: UploadSessionInfo) -> None:
+        """Abort the session's multipart upload; one already gone is not an error."""
+        entry = self._uploads.pop(session.session_id, None)
+        if entry is None:
+            return
+        key, upload_id = entry
+        try:
+            await self._moto.call(
+                self._moto.client.abort_multipart_upload,
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+            )
+        except ClientError as exc:
+            if _error_code(exc) != "NoSuchUpload":
+                raise
+
+    async def verify_callback(self, session: UploadSessionInfo, request: web.Request) -> int:
+        """HEAD the object and return its size.
+
+        Raises:
+            CallbackFailed: the object does not exist (the upload was not completed).
+        """
+        try:
+            head = await self._moto.call(
+                self._moto.client.head_object, Bucket=self.bucket, Key=session.storage_key
+            )
+        except ClientError as exc:
+            raise CallbackFailed(
+                -1, f"failed to get uploaded file size: {_error_code(exc)}"
+            ) from exc
+        self._uploads.pop(session.session_id, None)
+
+        return int(head["ContentLength"])
+
+    async def download_url(self, storage_key: str, name: str, ttl_s: int, download: bool) -> str:
+        """Presign a GET of the object (through the proxy) valid for ``ttl_s`` seconds."""
+        kind = "attachment" if download else "inline"
+        params = {
+            "Key": storage_key,
+            "ResponseContentDisposition": f"{kind}; filename*=UTF-8''{quote(name, safe='')}",
+        }
+
+        return await anyio.to_thread.run_sync(self._presign, "GET", "get_object", params, ttl_s)
+
+    async def put_blob(self, storage_key: str, src: Path) -> None:
+        """Upload a local file as the object ``storage_key``."""
+        await self._moto.call(
+            self._moto.client.upload_file, Filename=str(src), Bucket=self.bucket, Key=storage_key
+        )
+
+    async def fetch_blob(self, storage_key: str, dst: Path) -> None:
+        """Download the object into ``dst``.
+
+        Raises:
+            FileNotFoundError: the object does not exist.
+        """
+        try:
+            await self._moto.call(
+                self._moto.client.download_file,
+                Bucket=self.bucket,
+                Key=storage_key,
+                Filename=str(dst),
+            )
+        except ClientError as exc:
+            raise FileNotFoundError(storage_key) from exc
+
+    async def delete_blob(self, storage_key: str) -> None:
+        """Delete the object; S3 treats a missing key as deleted."""
+        await self._moto.call(self._moto.client.delete_object, Bucket=self.bucket, Key=storage_key)
+
+    def routes(self) -> Iterable[web.AbstractRouteDef]:
+        """Serve the presigning proxy under ``/storage/<type>/``."""
+        return [web.route("*", self._prefix + "/{tail:.*}", self._proxy)]
+
+    # -- proxy --------------------------------------------------------------------------------
+
+    def _refuse(self, request: web.Request) -> web.Response | None:
+        """Return the S3 error for a request moto must not see, or None to forward it."""
+        signature = request.query.get("X-Amz-Signature", "")
+        issued = self._issued.get(signature)
+        if not signature:
+            return xml_error(403, "AccessDenied", "Access Denied")
+        if issued is None or issued != _Issued(
+            request.method, request.path, tuple(sorted(request.query.items()))
+        ):
+            return xml_error(
+                403,
+                "SignatureDoesNotMatch",
+                "The request signature we calculated does not match the signature you provided. "
+                "Check your key and signing method.",
+            )
+        signed_at = calendar.timegm(time.strptime(request.query["X-Amz-Date"], "%Y%m%dT%H%M%SZ"))
+        expires_at = signed_at + int(request.query["X-Amz-Expires"])
+        if self._clock() > expires_at:
+            return xml_error(
+                403,
+                "AccessDenied",
+                "Request has expired",
+                Expires=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at)),
+                ServerTime=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._clock())),
+            )
+        if request.method == "PUT" and request.content_length is None:
+            return xml_error(
+                411, "MissingContentLength", "You must provide the Content-Length HTTP header."
+            )
+
+        return None
+
+    async def _proxy(self, request: web.Request) -> web.StreamResponse:
+        refusal = self._refuse(request)
+        if refusal is not None:
+            return refusal
+        target = URL(self._moto.endpoint + request.raw_path[len(self._prefix) :], encoded=True)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        if request.method == "POST" and "uploadId" in request.query:
+            headers["Content-Type"] = "application/xml"
+        body = request.content.iter_chunked(READ_BLOCK) if request.body_exists else None
+        async with self._http.request(
+            request.method, target, headers=headers, data=body, allow_redirects=False
+        ) as upstream:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for name, value in upstream.headers.items():
+                if name.lower() not in HOP_BY_HOP:
+                    response.headers.add(name, value)
+            await response.prepare(request)
+            if request.method != "HEAD":
+                async for block in upstream.content.iter_chunked(READ_BLOCK):
+                    await response.write(block)
+            await response.write_eof()
+
+        return response
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "Unknown"))
