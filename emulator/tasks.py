@@ -264,8 +264,17 @@ class TaskRunner:
         return task
 
     def start_soon(self, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Run a helper coroutine (e.g. a download) in the runner's task group."""
-        self._tg.start_soon(func)
+        """Run a helper coroutine (e.g. a download) in the runner's task group.
+
+        A helper that crashes is logged; it does not take the runner (and the app) down.
+        """
+        self._tg.start_soon(self._guard, func)
+
+    async def _guard(self, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        try:
+            await func()
+        except Exception:
+            log.exception("task_helper_crashed", helper=getattr(func, "__qualname__", repr(func)))
 
     def get(self, task_id: int) -> Task | None:
         """Return a task, finished or not, or None if the id is unknown."""
@@ -312,6 +321,10 @@ class TaskRunner:
             nxt = await task.job.step(task)
         except TaskFailed as exc:
             nxt = self._on_failure(task, exc)
+        except Exception as exc:
+            # The real queue recovers a panicking task as an error; the runner must not die.
+            log.exception("task_crashed", task_id=task.id, type=task.type)
+            nxt = self._on_failure(task, TaskFailed(f"internal error: {exc!r}", critical=True))
         task.duration_ms += int((self.clock.now() - started) * 1000)
         return nxt
 
