@@ -178,7 +178,7 @@ async def scan_local(
 ) -> None:
     """Walk ``root`` in a worker thread and store its entries as ``side``; a missing root is
     empty when it is the target and an error when it is the source."""
-    if not root.is_dir():
+    if not await anyio.Path(root).is_dir():
         if side == SRC:
             summary.issues.append(WalkIssue(str(root), "missing_source", "not a folder", True))
             summary.listing_complete = False

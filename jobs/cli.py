@@ -1,0 +1,449 @@
+"""The ``ferry`` command line: parses arguments, loads the config, runs jobs, sets the exit code.
+
+This is the only module that prints, reads the environment, or configures structlog. Exit codes:
+
+====  ==========================================================
+0     done
+1     some items failed (a re-run resumes them)
+2     usage or config error (nothing was contacted)
+3     authentication failed
+4     the job is already running (its lock is held)
+5     a max_transfer / max_duration limit stopped the run
+6     fatal remote error (unreachable server, quota)
+130   interrupted by SIGINT; 143 interrupted by SIGTERM
+====  ==========================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, MutableSet, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TextIO
+
+import anyio
+import structlog
+from croniter import croniter
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from jobs.config import AppConfig, load_config
+from jobs.errors import ConfigError, JobLocked, SecretError
+from jobs.plan import plan_job
+from jobs.progress import LogReporter, Reporter, RichReporter
+from jobs.scheduler import (
+    EXIT_AUTH,
+    EXIT_DONE,
+    EXIT_FATAL,
+    EXIT_LOCKED,
+    EXIT_USAGE,
+    DriveLike,
+    Interrupt,
+    Limiters,
+    RunOutcome,
+    job_lock,
+    run_job,
+    worst_exit,
+)
+from jobs.spec import JobSpec, RemoteSpec
+from jobs.state import StateDB
+from transfer import AuthError, Drive, FerryError, PacerConfig, RemoteConfig, TransferConfig
+
+__all__ = ["main"]
+
+_SECRET_TIMEOUT_S = 60
+
+
+def _version() -> str:
+    try:
+        return version("cloudreve-ferry")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ferry", description="Batch transfers and migrations for Cloudreve v4 drives."
+    )
+    parser.add_argument("--version", action="version", version=f"ferry {_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log per request and chunk")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check the config file; contacts nothing")
+    p.add_argument("config", type=Path)
+    p = sub.add_parser("plan", help="dry run: what a run would copy, skip and delete")
+    p.add_argument("config", type=Path)
+    p.add_argument("--job", required=True, help="the job to plan")
+    p.add_argument("--limit", type=int, default=50, help="items listed per action (default 50)")
+    p = sub.add_parser("run", help="run jobs (all by default)")
+    p.add_argument("config", type=Path)
+    p.add_argument("--job", action="append", default=[], help="run only this job (repeatable)")
+    p.add_argument("--stats-interval", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument("--no-progress", action="store_true", help="log stats lines, draw no bars")
+    p = sub.add_parser("status", help="last run of each job, failed items, next schedule")
+    p.add_argument("config", type=Path)
+    p = sub.add_parser("history", help="past runs, newest first")
+    p.add_argument("config", type=Path)
+    p.add_argument("--job", help="only this job")
+    p.add_argument("--limit", type=int, default=20)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``ferry`` command line and return its exit code."""
+    args = _parser().parse_args(argv)
+    secrets: set[str] = set()
+    _configure_logging(args.verbose, sys.stderr, secrets)
+    try:
+        config = load_config(args.config, _default_state_dir())
+        if args.command == "validate":
+            return _validate(config)
+        if args.command == "status":
+            return anyio.run(_status, config)
+        if args.command == "history":
+            return anyio.run(_history, config, args.job, args.limit)
+        jobs = _select_jobs(config, [args.job] if args.command == "plan" else args.job)
+        remotes = _resolve_remotes(config, jobs, secrets)
+        if args.command == "plan":
+            return anyio.run(_plan, config, remotes, jobs[0], args.limit)
+        return anyio.run(_run, config, remotes, jobs, args)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(f"ferry: config error: {issue}", file=sys.stderr)
+        return EXIT_USAGE
+    except SecretError as exc:
+        print(f"ferry: secret error: {exc.issue}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "ferry"
+
+
+def _configure_logging(verbose: bool, stream: TextIO, secrets: MutableSet[str]) -> None:
+    """JSON lines when stderr is not a terminal, coloured console lines otherwise."""
+    tty = stream.isatty()
+    renderer: Processor = (
+        structlog.dev.ConsoleRenderer() if tty else structlog.processors.JSONRenderer()
+    )
+    level = logging.DEBUG if verbose else (logging.WARNING if tty else logging.INFO)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redactor(secrets),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def _redactor(secrets: MutableSet[str]) -> Processor:
+    """Replace every known secret inside string values with ``***`` (defence in depth)."""
+
+    def redact(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+        if not secrets:
+            return event
+        for key, value in event.items():
+            if isinstance(value, str):
+                for secret in secrets:
+                    value = value.replace(secret, "***")
+                event[key] = value
+        return event
+
+    return redact
+
+
+def _validate(config: AppConfig) -> int:
+    print(f"{config.file}: OK, {len(config.remotes)} remote(s), {len(config.jobs)} job(s)")
+    for job in config.jobs:
+        mode = f" ({job.mode})" if job.kind == "sync" else ""
+        print(f"  {job.name}: {job.kind}{mode} {job.source} -> {job.target}")
+    print(f"  state: {config.state_dir}")
+    return EXIT_DONE
+
+
+def _select_jobs(config: AppConfig, names: Sequence[str]) -> list[JobSpec]:
+    if not names:
+        if not config.jobs:
+            raise ConfigError([config.issue(("jobs",), "the config defines no [[jobs]]")])
+        return list(config.jobs)
+    selected: list[JobSpec] = []
+    for name in names:
+        job = config.job(name)
+        if job is None:
+            known = ", ".join(j.name for j in config.jobs) or "none"
+            raise ConfigError([config.issue(("jobs",), f"no job named {name!r} (known: {known})")])
+        selected.append(job)
+    return selected
+
+
+def _resolve_remotes(
+    config: AppConfig, jobs: Sequence[JobSpec], secrets: set[str]
+) -> dict[str, RemoteConfig]:
+    """Build the :class:`RemoteConfig` of each remote the jobs use, reading their secrets."""
+    remotes: dict[str, RemoteConfig] = {}
+    for job in jobs:
+        name = job.target.remote or job.source.remote
+        if name is None or name in remotes:
+            continue
+        spec = config.remotes[name]
+        password = _secret(config, name, spec)
+        secrets.add(password)
+        totp = None
+        if spec.totp_secret_env is not None:
+            totp = _env_secret(config, name, "totp_secret_env", spec.totp_secret_env)
+            secrets.add(totp)
+        remotes[name] = RemoteConfig(
+            url=spec.url,
+            email=spec.email,
+            password=password,
+            totp_secret=totp,
+            verify_tls=spec.verify_tls,
+            ca_bundle=spec.ca_bundle,
+        )
+    return remotes
+
+
+def _secret(config: AppConfig, name: str, spec: RemoteSpec) -> str:
+    if spec.password_env is not None:
+        return _env_secret(config, name, "password_env", spec.password_env)
+    assert spec.password_command is not None
+    loc = ("remotes", name, "password_command")
+    try:
+        done = subprocess.run(
+            spec.password_command,
+            capture_output=True,
+            text=True,
+            timeout=_SECRET_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SecretError(
+            config.issue(loc, f"cannot run the command: {type(exc).__name__}")
+        ) from exc
+    password = done.stdout.strip()
+    if done.returncode != 0:
+        raise SecretError(config.issue(loc, f"the command exited with status {done.returncode}"))
+    if not password:
+        raise SecretError(config.issue(loc, "the command printed nothing"))
+    return password
+
+
+def _env_secret(config: AppConfig, remote: str, key: str, variable: str) -> str:
+    value = os.environ.get(variable, "")
+    if not value:
+        raise SecretError(
+            config.issue(("remotes", remote, key), f"environment variable {variable} is not set")
+        )
+    return value
+
+
+class _Connector:
+    """Opens a signed-in :class:`transfer.Drive` for the remote side of a job."""
+
+    def __init__(self, config: AppConfig, remotes: dict[str, RemoteConfig]) -> None:
+        self._config = config
+        self._remotes = remotes
+
+    @asynccontextmanager
+    async def __call__(self, job: JobSpec, limits: Limiters) -> AsyncIterator[DriveLike]:
+        name = job.target.remote or job.source.remote
+        assert name is not None
+        tokens = self._config.state_dir / "tokens"
+        await anyio.Path(tokens).mkdir(parents=True, exist_ok=True, mode=0o700)
+        async with Drive.connect(
+            self._remotes[name],
+            token_cache=tokens / f"{name}.json",
+            pacer=PacerConfig(),
+            transfer=TransferConfig(
+                chunk_concurrency=job.chunk_concurrency, file_retries=job.retries
+            ),
+            up_limit=limits.up,
+            down_limit=limits.down,
+        ) as drive:
+            yield drive
+
+
+def _state_path(config: AppConfig) -> Path:
+    return config.state_dir / "state.db"
+
+
+async def _plan(
+    config: AppConfig, remotes: dict[str, RemoteConfig], job: JobSpec, limit: int
+) -> int:
+    """Plan ``job`` against the live listings and print the decisions; transfers nothing."""
+    connect = _Connector(config, remotes)
+    try:
+        async with StateDB.open(_state_path(config)) as db:
+            run_id = await db.start_run(await db.job_id(job.name))
+            try:
+                async with connect(job, Limiters(None, None)) as drive:
+                    summary = await plan_job(db, run_id, job, drive, now=time.time)
+                await _print_plan(db, run_id, job, summary.actions, limit)
+                for issue in summary.issues:
+                    print(f"  ! {issue.kind}: {issue.path} {issue.detail}")
+                code = EXIT_DONE if summary.errors == 0 and summary.listing_complete else 1
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await db.finish_run(run_id, status="dry_run", exit_code=0, counts={})
+    except AuthError as exc:
+        print(f"ferry: authentication failed: {exc}", file=sys.stderr)
+        return EXIT_AUTH
+    except FerryError as exc:
+        print(f"ferry: remote error: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    return code
+
+
+async def _print_plan(
+    db: StateDB, run_id: int, job: JobSpec, actions: dict[str, tuple[int, int]], limit: int
+) -> None:
+    print(f"plan for job {job.name}: {job.source} -> {job.target}")
+    for action in ("copy", "mkdir", "delete", "skip", "fail"):
+        count, size = actions.get(action, (0, 0))
+        print(f"  {action:7s} {count:8d} item(s) {_human(size):>12s}")
+        shown = 0
+        async for page in db.plan_pages(run_id, action):
+            for row in page:
+                if shown >= limit or action == "skip":
+                    break
+                extra = " (new version)" if row.overwrite else ""
+                reason = "" if row.reason == "new" else f" [{row.reason}]"
+                print(f"    {row.key} -> {row.dst}{extra}{reason}")
+                shown += 1
+        if action != "skip" and count > shown:
+            print(f"    ... and {count - shown} more")
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"
+
+
+async def _run(
+    config: AppConfig,
+    remotes: dict[str, RemoteConfig],
+    jobs: list[JobSpec],
+    args: argparse.Namespace,
+) -> int:
+    """Run the jobs one after another; SIGINT/SIGTERM stop them with state saved."""
+    interrupt = Interrupt()
+    codes: list[int] = []
+    connect = _Connector(config, remotes)
+    use_bars = sys.stderr.isatty() and not args.no_progress
+    async with StateDB.open(_state_path(config)) as db, anyio.create_task_group() as tg:
+        tg.start_soon(_watch_signals, tg.cancel_scope, interrupt)
+        for job in jobs:
+            reporter: Reporter = RichReporter(sys.stderr) if use_bars else LogReporter()
+            codes.append(await _run_locked(config, db, job, connect, reporter, interrupt, args))
+        tg.cancel_scope.cancel()
+    if interrupt.signum is not None:
+        return 128 + interrupt.signum
+    return worst_exit(codes)
+
+
+async def _run_locked(
+    config: AppConfig,
+    db: StateDB,
+    job: JobSpec,
+    connect: _Connector,
+    reporter: Reporter,
+    interrupt: Interrupt,
+    args: argparse.Namespace,
+) -> int:
+    try:
+        with job_lock(config.state_dir, job.name):
+            outcome = await run_job(
+                db,
+                job,
+                connect,
+                reporter=reporter,
+                interrupt=interrupt,
+                stats_interval_s=args.stats_interval,
+            )
+    except JobLocked as exc:
+        print(f"ferry: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    _print_outcome(outcome)
+    return outcome.exit_code
+
+
+def _print_outcome(outcome: RunOutcome) -> None:
+    snap = outcome.snapshot
+    skipped = outcome.planned.get("skip", (0, 0))[0]
+    failed = snap.errors + outcome.planned.get("fail", (0, 0))[0]
+    print(
+        f"job {outcome.job}: {outcome.status} (exit {outcome.exit_code}),"
+        f" {snap.transfers} file(s) / {_human(snap.bytes)} transferred, {skipped} unchanged,"
+        f" {outcome.deletes} deleted, {failed} failed, {snap.elapsed_s:.1f} s"
+        + (f" - {outcome.message}" if outcome.message else ""),
+        flush=True,
+    )
+
+
+async def _watch_signals(scope: anyio.CancelScope, interrupt: Interrupt) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            structlog.get_logger().warning("run_interrupted", signal=signal.Signals(signum).name)
+            interrupt.signum = signum
+            scope.cancel()
+            return
+
+
+async def _status(config: AppConfig) -> int:
+    async with StateDB.open(_state_path(config)) as db:
+        for job in config.jobs:
+            runs = [r for r in await db.runs(job.name, limit=10) if r.status != "dry_run"]
+            last = runs[0] if runs else None
+            line = f"{job.name}: "
+            if last is None:
+                line += "never run"
+            else:
+                when = datetime.fromtimestamp(last.started_at).strftime("%Y-%m-%d %H:%M:%S")
+                line += (
+                    f"last run #{last.id} {when} {last.status} (exit {last.exit_code}),"
+                    f" {last.transfers} transferred, {last.errors} error(s)"
+                )
+            if job.schedule:
+                due = croniter(job.schedule, datetime.now()).get_next(datetime)
+                line += f"; next due {due:%Y-%m-%d %H:%M} ({job.schedule})"
+            print(line)
+            for key, attempts, error in await db.failed_items(job.name, limit=10):
+                print(f"    failed x{attempts}: {key}: {error}")
+    return EXIT_DONE
+
+
+async def _history(config: AppConfig, job: str | None, limit: int) -> int:
+    if job is not None and config.job(job) is None:
+        raise ConfigError([config.issue(("jobs",), f"no job named {job!r}")])
+    async with StateDB.open(_state_path(config)) as db:
+        print(
+            f"{'run':>5} {'job':20s} {'started':19s} {'status':13s} {'exit':>4} "
+            f"{'files':>7} {'bytes':>11} {'errors':>6} {'deleted':>7} {'secs':>7}"
+        )
+        for r in await db.runs(job, limit=limit):
+            started = datetime.fromtimestamp(r.started_at).strftime("%Y-%m-%d %H:%M:%S")
+            secs = "" if r.finished_at is None else f"{r.finished_at - r.started_at:.1f}"
+            code = "" if r.exit_code is None else str(r.exit_code)
+            print(
+                f"{r.id:>5} {r.job:20s} {started:19s} {r.status:13s} {code:>4} "
+                f"{r.transfers:>7} {_human(r.bytes):>11} {r.errors:>6} {r.deletes:>7} {secs:>7}"
+            )
+    return EXIT_DONE

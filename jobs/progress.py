@@ -1,0 +1,114 @@
+"""Live progress of a run: rich bars on a terminal, a periodic ``stats_reported`` line otherwise.
+
+A reporter is fed :class:`transfer.StatsSnapshot` values by the scheduler's stats timer; it never
+reads the stats itself.
+"""
+
+from __future__ import annotations
+
+from typing import IO, Protocol
+
+import structlog
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from transfer import StatsSnapshot
+
+__all__ = ["LogReporter", "Reporter", "RichReporter", "snapshot_fields"]
+
+log = structlog.get_logger()
+
+
+def snapshot_fields(snap: StatsSnapshot) -> dict[str, object]:
+    """Return the log keys of a snapshot (units in the key names, floats rounded)."""
+    return {
+        "bytes": snap.bytes,
+        "total_bytes": snap.total_bytes,
+        "transfers": snap.transfers,
+        "checks": snap.checks,
+        "errors": snap.errors,
+        "retries": snap.retries,
+        "in_flight": snap.in_flight,
+        "speed_bps": round(snap.speed_bps, 1),
+        "eta_s": None if snap.eta_s is None else round(snap.eta_s, 1),
+        "elapsed_s": round(snap.elapsed_s, 2),
+    }
+
+
+class Reporter(Protocol):
+    """Receives the run's planned totals once, then snapshots while it runs."""
+
+    def start(self, job: str, files: int, total_bytes: int) -> None:
+        """The transfer phase begins with ``files`` files and ``total_bytes`` to move."""
+        ...
+
+    def update(self, snap: StatsSnapshot) -> None:
+        """Show the counters now."""
+        ...
+
+    def stop(self, snap: StatsSnapshot) -> None:
+        """The transfer phase ended; show the final counters."""
+        ...
+
+
+class LogReporter:
+    """Logs ``stats_reported`` at info level for every update (the timer sets the pace)."""
+
+    def __init__(self) -> None:
+        self._files = 0
+
+    def start(self, job: str, files: int, total_bytes: int) -> None:
+        """Log the planned totals."""
+        self._files = files
+        log.info("transfers_started", files=files, total_bytes=total_bytes)
+
+    def update(self, snap: StatsSnapshot) -> None:
+        """Log the counters now."""
+        log.info("stats_reported", files=self._files, **snapshot_fields(snap))
+
+    def stop(self, snap: StatsSnapshot) -> None:
+        """Log the final counters."""
+        self.update(snap)
+
+
+class RichReporter:
+    """Draws a bytes bar and a files bar on a terminal (stderr)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=Console(file=stream),
+            transient=False,
+        )
+        self._bytes: TaskID | None = None
+        self._files: TaskID | None = None
+
+    def start(self, job: str, files: int, total_bytes: int) -> None:
+        """Create the bars and start drawing."""
+        self._progress.start()
+        self._bytes = self._progress.add_task(f"{job} bytes", total=max(total_bytes, 1))
+        self._files = self._progress.add_task(f"{job} files ({files})", total=max(files, 1))
+
+    def update(self, snap: StatsSnapshot) -> None:
+        """Move the bars to the counters now."""
+        if self._bytes is None or self._files is None:
+            return
+        self._progress.update(self._bytes, completed=snap.bytes)
+        self._progress.update(self._files, completed=snap.transfers + snap.errors)
+
+    def stop(self, snap: StatsSnapshot) -> None:
+        """Draw the last state and stop."""
+        self.update(snap)
+        self._progress.stop()

@@ -1,0 +1,485 @@
+"""Runs one job: lock, plan, transfer in parallel, mirror deletes, and record the outcome.
+
+The scheduler owns the run's :class:`transfer.Stats` and its stats timer, binds ``job_id`` and
+``run_id`` into structlog's context, and turns what happened into an exit code:
+
+* 0 every planned item is done; 1 some items failed (a re-run resumes them);
+* 3 authentication failed; 6 a fatal remote error (unreachable, quota) stopped the run;
+* 5 ``max_transfer`` or ``max_duration`` stopped the run;
+* 130 / 143 the run was interrupted by SIGINT / SIGTERM (see :class:`Interrupt`).
+
+It builds no HTTP requests and no SQL: the drive comes from a ``connect`` callable and the state
+from :class:`jobs.state.StateDB`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+import structlog
+
+from jobs.errors import JobLocked
+from jobs.plan import PlanSummary, RemoteLister, WalkIssue, entry_for, plan_job
+from jobs.progress import Reporter, snapshot_fields
+from jobs.spec import JobSpec
+from jobs.state import PlanRow, StateDB
+from transfer import (
+    AuthError,
+    BandwidthLimiter,
+    FerryError,
+    RemoteEntry,
+    Stats,
+    StatsSnapshot,
+    UploadJournal,
+)
+
+__all__ = [
+    "EXIT_AUTH",
+    "EXIT_DONE",
+    "EXIT_FATAL",
+    "EXIT_LIMIT",
+    "EXIT_LOCKED",
+    "EXIT_PARTIAL",
+    "EXIT_USAGE",
+    "Connect",
+    "DriveLike",
+    "Interrupt",
+    "Limiters",
+    "RunOutcome",
+    "job_lock",
+    "run_job",
+    "worst_exit",
+]
+
+log = structlog.get_logger()
+
+EXIT_DONE = 0
+EXIT_PARTIAL = 1
+EXIT_USAGE = 2
+EXIT_AUTH = 3
+EXIT_LOCKED = 4
+EXIT_LIMIT = 5
+EXIT_FATAL = 6
+_PRIORITY = (130, 143, EXIT_USAGE, EXIT_AUTH, EXIT_FATAL, EXIT_LOCKED, EXIT_LIMIT, EXIT_PARTIAL)
+_DELETE_BATCH = 500
+_UNLIMITED = 1 << 50
+
+
+class DriveLike(RemoteLister, Protocol):
+    """The part of :class:`transfer.Drive` a run uses."""
+
+    async def mkdir(self, path: str) -> RemoteEntry:
+        """Create a folder and its ancestors."""
+        ...
+
+    async def delete(self, paths: Sequence[str], *, hard: bool = False) -> None:
+        """Delete files or folders (to the trash unless ``hard``)."""
+        ...
+
+    async def upload(
+        self,
+        local: Path,
+        remote_path: str,
+        *,
+        overwrite: bool,
+        journal: UploadJournal,
+        key: str,
+        progress: Callable[[int], None] | None = None,
+    ) -> RemoteEntry:
+        """Upload one file, resuming the session journaled under ``key``."""
+        ...
+
+    async def download(
+        self, entry: RemoteEntry, local: Path, *, progress: Callable[[int], None] | None = None
+    ) -> None:
+        """Download one file to ``local`` (atomically, resuming a ``.part``)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Limiters:
+    """The bandwidth buckets of a run, one per direction (None when unlimited)."""
+
+    up: BandwidthLimiter | None
+    down: BandwidthLimiter | None
+
+
+Connect = Callable[[JobSpec, Limiters], AbstractAsyncContextManager[DriveLike]]
+"""Opens a signed-in drive for the remote side of a job."""
+
+
+@dataclass(slots=True)
+class Interrupt:
+    """Shared between the CLI's signal handler and running jobs: which signal stopped them."""
+
+    signum: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """What one run did and how it ended."""
+
+    job: str
+    run_id: int
+    exit_code: int
+    status: str
+    snapshot: StatsSnapshot
+    planned: dict[str, tuple[int, int]]
+    deletes: int
+    message: str = ""
+
+
+def worst_exit(codes: Sequence[int]) -> int:
+    """Return the exit code of several runs: the most severe one."""
+    for code in _PRIORITY:
+        if code in codes:
+            return code
+    return EXIT_DONE
+
+
+@contextmanager
+def job_lock(state_dir: Path, job: str) -> Iterator[Path]:
+    """Hold the job's lock file (``fcntl.flock``) for the block.
+
+    Raises:
+        JobLocked: another process holds it.
+    """
+    lock_dir = state_dir / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    path = lock_dir / f"{job}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise JobLocked(job, path) from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield path
+    finally:
+        os.close(fd)
+
+
+@dataclass(slots=True)
+class _Run:
+    """Mutable state of one run while it executes."""
+
+    job: JobSpec
+    db: StateDB
+    job_id: int
+    run_id: int
+    stats: Stats
+    journal: UploadJournal
+    reporter: Reporter
+    stats_interval_s: float
+    limit: str = ""
+    started_bytes: int = 0
+    deletes: int = 0
+    stop: bool = False
+    pending_items: list[tuple[str, int, int, str, str]] = field(default_factory=list)
+    pending_plan: list[tuple[int, str]] = field(default_factory=list)
+    last_flush: float = 0.0
+
+    async def record(self, row: PlanRow, status: str, error: str = "", force: bool = False) -> None:
+        """Buffer an item outcome; flush in batches so state costs little per file."""
+        self.pending_items.append((row.key, row.size, row.mtime_ns, status, error))
+        self.pending_plan.append((row.seq, status))
+        now = time.monotonic()
+        if force or len(self.pending_items) >= 200 or now - self.last_flush > 1.0:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write buffered outcomes in one transaction."""
+        items, plan = self.pending_items, self.pending_plan
+        self.pending_items, self.pending_plan = [], []
+        self.last_flush = time.monotonic()
+        if items:
+            await self.db.record_items(self.job_id, self.run_id, items)
+            await self.db.set_plan_status(self.run_id, plan)
+
+
+async def run_job(
+    db: StateDB,
+    job: JobSpec,
+    connect: Connect,
+    *,
+    reporter: Reporter,
+    interrupt: Interrupt,
+    stats_interval_s: float = 10.0,
+) -> RunOutcome:
+    """Run ``job`` once (the caller holds its lock) and record the run in ``db``.
+
+    Errors of single items are counted, logged and recorded; a fatal error (authentication,
+    quota, unreachable server) ends the run early with its exit code. Cancellation (a signal)
+    propagates after the run is recorded as interrupted.
+    """
+    job_id = await db.job_id(job.name)
+    run_id = await db.start_run(job_id)
+    structlog.contextvars.bind_contextvars(job_id=job.name, run_id=run_id)
+    stats = Stats()
+    run = _Run(job, db, job_id, run_id, stats, db.journal(), reporter, stats_interval_s)
+    summary = PlanSummary()
+    exit_code, status, message = EXIT_FATAL, "failed", ""
+    log.info(
+        "job_started", kind=job.kind, mode=job.mode, source=str(job.source), target=str(job.target)
+    )
+    try:
+        limiters = _limiters(job)
+        async with connect(job, limiters) as drive:
+            summary = await plan_job(db, run_id, job, drive, now=time.time)
+            if summary.listing_complete:
+                await _execute(run, drive, summary, limiters)
+        exit_code, status, message = _verdict(run, summary)
+    except AuthError as exc:
+        exit_code, status, message = EXIT_AUTH, "auth_failed", str(exc)
+        log.error("job_failed", reason="auth_failed", error=str(exc))
+    except FerryError as exc:
+        exit_code, status, message = EXIT_FATAL, "fatal", str(exc)
+        log.error("job_failed", reason="fatal", error=str(exc), error_type=type(exc).__name__)
+    except BaseException:
+        if interrupt.signum is not None:
+            exit_code, status = 128 + interrupt.signum, "interrupted"
+            message = f"interrupted by signal {interrupt.signum}"
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _finish(run, summary, exit_code, status, message)
+    return RunOutcome(
+        job.name, run_id, exit_code, status, stats.snapshot(), summary.actions, run.deletes, message
+    )
+
+
+async def _finish(
+    run: _Run, summary: PlanSummary, exit_code: int, status: str, message: str
+) -> None:
+    await run.flush()
+    snap = run.stats.snapshot()
+    checks = summary.actions.get("skip", (0, 0))[0]
+    errors = snap.errors + summary.errors
+    await run.db.finish_run(
+        run.run_id,
+        status=status,
+        exit_code=exit_code,
+        counts={
+            "bytes": snap.bytes,
+            "transfers": snap.transfers,
+            "checks": checks,
+            "errors": errors,
+            "deletes": run.deletes,
+        },
+        message=message,
+    )
+    log.info(
+        "job_finished",
+        status=status,
+        exit_code=exit_code,
+        deletes=run.deletes,
+        **{**snapshot_fields(snap), "checks": checks, "errors": errors},
+    )
+    structlog.contextvars.unbind_contextvars("job_id", "run_id")
+
+
+def _verdict(run: _Run, summary: PlanSummary) -> tuple[int, str, str]:
+    snap = run.stats.snapshot()
+    if run.stats.fatal:
+        return EXIT_FATAL, "fatal", "a fatal error stopped the run"
+    if run.limit:
+        return EXIT_LIMIT, "limit_reached", f"{run.limit} reached"
+    errors = snap.errors + summary.errors
+    if errors or not summary.listing_complete:
+        return EXIT_PARTIAL, "partial", f"{errors} item(s) failed"
+    return EXIT_DONE, "done", ""
+
+
+def _limiters(job: JobSpec) -> Limiters:
+    if job.bwlimit is None:
+        return Limiters(None, None)
+    rate = job.bwlimit.rate_at(datetime.now().time()) or _UNLIMITED
+    if job.target.is_remote:
+        return Limiters(BandwidthLimiter(rate), None)
+    return Limiters(None, BandwidthLimiter(rate))
+
+
+async def _execute(run: _Run, drive: DriveLike, summary: PlanSummary, limiters: Limiters) -> None:
+    """Create folders, transfer files in parallel, then apply mirror deletes."""
+    copies = summary.actions.get("copy", (0, 0))
+    run.reporter.start(run.job.name, copies[0], copies[1])
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stats_timer, run)
+            tg.start_soon(_bandwidth_timer, run, limiters)
+            await _transfer_phase(run, drive)
+            tg.cancel_scope.cancel()
+    finally:
+        run.reporter.stop(run.stats.snapshot())
+    await run.flush()
+    if run.job.mode == "mirror" and not run.stop:
+        await _delete_phase(run, drive, summary)
+
+
+async def _transfer_phase(run: _Run, drive: DriveLike) -> None:
+    with anyio.move_on_after(run.job.max_duration or float("inf")) as scope:
+        await _mkdirs(run, drive)
+        send, receive = anyio.create_memory_object_stream[PlanRow](run.job.transfers)
+        async with anyio.create_task_group() as tg:
+            for _ in range(run.job.transfers):
+                tg.start_soon(_worker, run, drive, receive.clone())
+            receive.close()
+            async with send:
+                async for row in _copies(run):
+                    await send.send(row)
+    if scope.cancelled_caught:
+        run.limit = "max_duration"
+        log.warning("limit_reached", limit="max_duration", limit_s=run.job.max_duration)
+
+
+async def _copies(run: _Run) -> AsyncIterator[PlanRow]:
+    """Yield planned copies until they run out, a fatal error occurs or a limit is hit."""
+    async for page in run.db.plan_pages(run.run_id, "copy"):
+        for row in page:
+            if run.stats.fatal:
+                run.stop = True
+                return
+            cap = run.job.max_transfer
+            if cap is not None and run.started_bytes + row.size > cap:
+                run.limit = "max_transfer"
+                run.stop = True
+                log.warning("limit_reached", limit="max_transfer", limit_bytes=cap)
+                return
+            run.started_bytes += row.size
+            yield row
+
+
+async def _mkdirs(run: _Run, drive: DriveLike) -> None:
+    async for page in run.db.plan_pages(run.run_id, "mkdir"):
+        for row in page:
+            try:
+                if run.job.target.is_remote:
+                    await drive.mkdir(row.dst)
+                else:
+                    await anyio.Path(run.job.target.path, row.dst).mkdir(
+                        parents=True, exist_ok=True
+                    )
+                await run.record(row, "done")
+            except (FerryError, OSError) as exc:
+                run.stats.record_error(exc)
+                log.error("mkdir_failed", path=row.dst, error=str(exc))
+                await run.record(row, "failed", str(exc))
+                if getattr(exc, "fatal", False):
+                    raise
+
+
+async def _worker(
+    run: _Run, drive: DriveLike, rows: anyio.abc.ObjectReceiveStream[PlanRow]
+) -> None:
+    async with rows:
+        async for row in rows:
+            if run.stats.fatal:
+                continue
+            await _transfer_one(run, drive, row)
+
+
+async def _transfer_one(run: _Run, drive: DriveLike, row: PlanRow) -> None:
+    """Move one file; record and log the outcome; raise only cancellation."""
+    handle = run.stats.start_transfer(row.key, row.size)
+    error: BaseException | None = None
+    try:
+        if run.job.target.is_remote:
+            await drive.upload(
+                Path(run.job.source.path, row.src),
+                row.dst,
+                overwrite=row.overwrite,
+                journal=run.journal,
+                key=f"{run.job.name}:{row.dst}",
+                progress=handle.add_bytes,
+            )
+        else:
+            local = Path(run.job.target.path, row.dst)
+            await anyio.Path(local.parent).mkdir(parents=True, exist_ok=True)
+            await drive.download(entry_for(row), local, progress=handle.add_bytes)
+    except (FerryError, OSError) as exc:
+        error = exc
+        log.error("transfer_failed", path=row.key, error=str(exc), error_type=type(exc).__name__)
+        await run.record(row, "failed", f"{type(exc).__name__}: {exc}")
+    except BaseException as exc:
+        error = exc
+        raise
+    else:
+        log.info("transfer_finished", path=row.key, size_bytes=row.size, target=row.dst)
+        await run.record(row, "done")
+    finally:
+        handle.done(error)
+
+
+async def _delete_phase(run: _Run, drive: DriveLike, summary: PlanSummary) -> None:
+    """Delete what the source lacks, only after an error-free run and within ``max_delete``."""
+    count = summary.actions.get("delete", (0, 0))[0]
+    if count == 0:
+        return
+    errors = run.stats.snapshot().errors + summary.errors
+    if errors or run.limit or not summary.listing_complete:
+        log.warning("deletes_skipped", reason="run_had_errors", planned=count, errors=errors)
+        return
+    cap = run.job.max_delete
+    if cap is not None and count > cap:
+        detail = f"{count} deletes planned, more than max_delete = {cap}; none done"
+        summary.issues.append(WalkIssue("", "max_delete", detail, True))
+        log.error("deletes_refused", planned=count, max_delete=cap)
+        return
+    async for page in run.db.plan_pages(run.run_id, "delete"):
+        for start in range(0, len(page), _DELETE_BATCH):
+            await _delete_batch(run, drive, page[start : start + _DELETE_BATCH])
+
+
+async def _delete_batch(run: _Run, drive: DriveLike, rows: list[PlanRow]) -> None:
+    try:
+        if run.job.target.is_remote:
+            await drive.delete([row.dst for row in rows])
+        else:
+            await anyio.to_thread.run_sync(_delete_local, Path(run.job.target.path), rows)
+    except (FerryError, OSError) as exc:
+        run.stats.record_error(exc)
+        log.error("delete_failed", count=len(rows), error=str(exc))
+        for row in rows:
+            await run.record(row, "failed", str(exc))
+        return
+    run.deletes += len(rows)
+    for row in rows:
+        log.info("item_deleted", path=row.dst)
+        await run.record(row, "deleted")
+
+
+def _delete_local(root: Path, rows: list[PlanRow]) -> None:
+    for row in rows:
+        path = root / row.dst
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+async def _stats_timer(run: _Run) -> None:
+    while True:
+        await anyio.sleep(run.stats_interval_s)
+        run.reporter.update(run.stats.snapshot())
+
+
+async def _bandwidth_timer(run: _Run, limiters: Limiters) -> None:
+    """Follow the time-of-day bandwidth table while the run lasts."""
+    schedule = run.job.bwlimit
+    limiter = limiters.up or limiters.down
+    if schedule is None or limiter is None or len(schedule.slots) < 2:
+        return
+    while True:
+        await anyio.sleep(30)
+        limiter.rate_bytes_per_s = schedule.rate_at(datetime.now().time()) or _UNLIMITED

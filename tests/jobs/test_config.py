@@ -1,0 +1,174 @@
+"""Config loading: valid files load, every bad key is reported with its file, line and key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobs.cli import main
+from jobs.config import load_config
+from jobs.errors import ConfigError
+
+GOOD = """\
+[remotes.home]
+url = "http://127.0.0.1:5212"
+email = "me@example.com"
+password_env = "FERRY_TEST_PASSWORD"
+
+[state]
+path = "state"
+
+[defaults]
+transfers = 2
+exclude = ["__pycache__/**"]
+
+[[jobs]]
+name = "photos"
+kind = "upload"
+source = "photos"
+target = "home:/backup/photos"
+schedule = "0 3 * * *"
+max_size = "1.5GB"
+bwlimit = { "08:00" = "512KiB", "19:00" = "off" }
+
+[[jobs]]
+name = "restore"
+kind = "sync"
+mode = "mirror"
+source = "home:/backup/photos"
+target = "restore"
+max_delete = 10
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "ferry.toml"
+    path.write_text(text)
+    return path
+
+
+def test_good_config_loads_with_defaults_and_relative_paths(tmp_path: Path) -> None:
+    """A valid file loads; defaults fill jobs; relative paths resolve beside the file."""
+    config = load_config(write(tmp_path, GOOD), tmp_path / "default-state")
+    photos = config.job("photos")
+    assert photos is not None
+    assert photos.transfers == 2
+    assert photos.exclude == ("__pycache__/**",)
+    assert photos.source.path == str(tmp_path / "photos")
+    assert photos.target.remote == "home"
+    assert photos.max_size == 1_500_000_000
+    assert config.state_dir == tmp_path / "state"
+    restore = config.job("restore")
+    assert restore is not None
+    assert restore.mode == "mirror"
+    assert not restore.upload
+
+
+# (description, old text, new text, expected line, expected key)
+BAD_CASES = [
+    (
+        "unknown job key",
+        'schedule = "0 3 * * *"',
+        'schedule = "0 3 * * *"\nschedul = "x"',
+        19,
+        "jobs[0].schedul",
+    ),
+    ("wrong type", "transfers = 2", 'transfers = "2"', 10, "defaults.transfers"),
+    ("bad glob", 'exclude = ["__pycache__/**"]', 'exclude = ["[abc"]', 11, "defaults.exclude"),
+    ("bad cron", 'schedule = "0 3 * * *"', 'schedule = "61 3 * * *"', 18, "jobs[0].schedule"),
+    (
+        "unknown remote",
+        'target = "home:/backup/photos"',
+        'target = "nas:/backup/photos"',
+        17,
+        "jobs[0].target",
+    ),
+    ("bad size", 'max_size = "1.5GB"', 'max_size = "1.5 parsecs"', 19, "jobs[0].max_size"),
+    ("bad kind", 'kind = "upload"', 'kind = "copy"', 15, "jobs[0].kind"),
+    ("bad mode", 'mode = "mirror"', 'mode = "move"', 25, "jobs[1].mode"),
+    ("bad compare", "max_delete = 10", 'max_delete = 10\ncompare = "md5"', 29, "jobs[1].compare"),
+    ("negative max_delete", "max_delete = 10", "max_delete = -1", 28, "jobs[1].max_delete"),
+    ("bad bwlimit time", '"08:00" = "512KiB"', '"8am" = "512KiB"', 20, "jobs[0].bwlimit"),
+    (
+        "password in file",
+        'password_env = "FERRY_TEST_PASSWORD"',
+        'password = "hunter2"',
+        4,
+        "remotes.home.password",
+    ),
+    ("bad url", 'url = "http://127.0.0.1:5212"', 'url = "ftp://x"', 2, "remotes.home.url"),
+    ("unknown table", "[state]", "[stat]", 6, "stat"),
+    ("missing source", 'source = "photos"\n', "", 13, "jobs[0].source"),
+    ("upload from remote", 'source = "photos"', 'source = "home:/x"', 15, "jobs[0].kind"),
+    ("duplicate name", 'name = "restore"', 'name = "photos"', 23, "jobs[1].name"),
+    ("transfers too high", "transfers = 2", "transfers = 1000", 10, "defaults.transfers"),
+    (
+        "bad duration",
+        "max_delete = 10",
+        'max_delete = 10\nmax_duration = "6 hours"',
+        29,
+        "jobs[1].max_duration",
+    ),
+    ("bad toml", 'email = "me@example.com"', "email = me@example.com", 3, "email"),
+    ("mirror on upload", 'kind = "upload"', 'kind = "upload"\nmode = "mirror"', 16, "jobs[0].mode"),
+]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "key"),
+    [case[1:] for case in BAD_CASES],
+    ids=[case[0] for case in BAD_CASES],
+)
+def test_bad_config_exits_2_naming_file_line_and_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], old: str, new: str, line: int, key: str
+) -> None:
+    """`ferry validate` exits 2 and names the file, the line and the key of the problem."""
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    code = main(["validate", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{path}:{line}: {key}:" in err, err
+
+
+def test_all_problems_are_listed_at_once(tmp_path: Path) -> None:
+    """Several bad keys in one file give one issue each, in line order."""
+    text = GOOD.replace("transfers = 2", 'transfers = "x"').replace('kind = "upload"', "kind = 3")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), tmp_path)
+    keys = [issue.key for issue in info.value.issues]
+    assert keys == ["defaults.transfers", "jobs[0].kind"]
+
+
+def test_validate_subprocess_contacts_nothing_and_prints_jobs(tmp_path: Path) -> None:
+    """`python -m jobs validate` on a good file exits 0 and lists the jobs."""
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs", "validate", str(write(tmp_path, GOOD))],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "photos: upload" in done.stdout
+    assert "restore: sync (mirror)" in done.stdout
+
+
+def test_missing_password_env_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run whose password variable is unset exits 2 naming password_env; nothing is contacted."""
+    monkeypatch.delenv("FERRY_TEST_PASSWORD", raising=False)
+    path = write(tmp_path, GOOD)
+    assert main(["run", str(path), "--job", "photos"]) == 2
+    assert f"{path}:4: remotes.home.password_env:" in capsys.readouterr().err
+
+
+def test_password_command_runs_without_shell(tmp_path: Path) -> None:
+    """password_command takes an argv list; a failing command is a config error, not a crash."""
+    text = GOOD.replace('password_env = "FERRY_TEST_PASSWORD"', 'password_command = ["false"]')
+    path = write(tmp_path, text)
+    assert main(["run", str(path), "--job", "photos"]) == 2
