@@ -143,6 +143,8 @@ class S3Driver:
         self._issued: dict[str, _Issued] = {}
         self._uploads: dict[str, tuple[str, str]] = {}
         """session id -> (key, upload id)."""
+        self._live: set[str] = set()
+        """Upload ids neither completed nor aborted; moto answers HTTP 500 for the others."""
 
     async def create_bucket(self) -> None:
         """Create this driver's bucket in moto."""
@@ -208,6 +210,7 @@ class S3Driver:
         )
         upload_id = str(created["UploadId"])
         self._uploads[session.session_id] = (session.storage_key, upload_id)
+        self._live.add(upload_id)
 
         return await anyio.to_thread.run_sync(self._presign_session, session, upload_id)
 
@@ -217,6 +220,7 @@ class S3Driver:
         if entry is None:
             return
         key, upload_id = entry
+        self._live.discard(upload_id)
         try:
             await self._moto.call(
                 self._moto.client.abort_multipart_upload,
@@ -313,6 +317,15 @@ class S3Driver:
                 Expires=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at)),
                 ServerTime=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._clock())),
             )
+        upload_id = request.query.get("uploadId")
+        if upload_id is not None and upload_id not in self._live:
+            return xml_error(
+                404,
+                "NoSuchUpload",
+                "The specified upload does not exist. The upload ID may be invalid, or the "
+                "upload may have been aborted or completed.",
+                UploadId=upload_id,
+            )
         if request.method == "PUT" and request.content_length is None:
             return xml_error(
                 411, "MissingContentLength", "You must provide the Content-Length HTTP header."
@@ -332,6 +345,8 @@ class S3Driver:
         async with self._http.request(
             request.method, target, headers=headers, data=body, allow_redirects=False
         ) as upstream:
+            if request.method == "POST" and upstream.status == 200:
+                self._live.discard(request.query.get("uploadId", ""))
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             for name, value in upstream.headers.items():
                 if name.lower() not in HOP_BY_HOP:
