@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 import pytest
@@ -140,8 +140,7 @@ async def test_s6_3_upyun_expired_signature_asks_for_new_session(
         await writer.write_chunk(0, 0, b"abc")
 
     bucket.expired = False
-    bad = session_for(url, 3)
-    bad = SavedUpload(**{**bad.__getstate__(), "credential": "UPYUN ak:forged"})  # type: ignore[attr-defined]
+    bad = replace(session_for(url, 3), credential="UPYUN ak:forged")
     with pytest.raises(StorageError) as caught:
         await UpyunWriter(WriterContext(bad, http, FakeCallbackApi())).write_chunk(0, 0, b"abc")
     assert caught.value.storage_code == "40100005"
