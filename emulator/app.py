@@ -152,7 +152,7 @@ async def serve(config: EmulatorConfig, clock: Clock | None = None) -> AsyncIter
     st.faults.bind(st)
     core = UploadCore(st)
     try:
-        async with open_drivers(core, config.data_dir) as drivers:
+        async with open_drivers(core, config.data_dir, clock=clock.now) as drivers:
             st.drivers.update(drivers)
             store.drivers = st.drivers
             seed(st)
