@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import io
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 from PIL import Image
 
+from emulator import obfuscate
+from emulator.testing import EmulatorHandle, running_emulator
 from emulator.thumbs import ThumbUnavailable, make_thumbnail
+
+OWNER = "admin@example.com"
 
 
 def test_s5_11_thumbnail_fits_the_box_and_keeps_aspect(tmp_path: Path) -> None:
@@ -40,3 +48,115 @@ def test_s5_11_truncated_image_is_unavailable(tmp_path: Path) -> None:
 
     with pytest.raises(ThumbUnavailable):
         make_thumbnail(src, dst, 400, 300)
+
+
+# ---- through HTTP ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Caller:
+    """A signed-in client of one emulator."""
+
+    def __init__(self, emu: EmulatorHandle, session: aiohttp.ClientSession, token: str) -> None:
+        self.emu = emu
+        self.session = session
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        async with self.session.request(
+            method, self.emu.api + path, headers=self.headers, **kwargs
+        ) as resp:
+            assert resp.status == 200
+            body: dict[str, Any] = await resp.json()
+            return body
+
+    async def put_file(self, uri: str, data: bytes) -> None:
+        body = await self.call("PUT", "/file/content", params={"uri": uri}, data=data)
+        assert body["code"] == 0, body
+
+    async def thumb(self, uri: str) -> dict[str, Any]:
+        return await self.call("GET", "/file/thumb", params={"uri": uri})
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "obfuscated"])
+async def caller(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Caller]:
+    """An emulator (with or without obfuscated thumbnail URLs) and its admin, signed in."""
+    tmp = tmp_path_factory.mktemp("thumbs")
+    async with (
+        running_emulator(tmp, obfuscate_thumbs=request.param) as emu,
+        aiohttp.ClientSession() as session,
+    ):
+        async with session.post(
+            emu.api + "/session/token", json={"email": OWNER, "password": emu.users[OWNER]}
+        ) as resp:
+            token = (await resp.json())["data"]["token"]["access_token"]
+        yield Caller(emu, session, token)
+
+
+def _png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 200, 30)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _plain_url(caller: Caller, data: dict[str, Any]) -> str:
+    """The thumbnail URL, decoded first when the answer says it is obfuscated."""
+    if caller.emu.state.config.obfuscate_thumbs:
+        assert data["obfuscated"] is True
+        return obfuscate.decode(data["url"], caller.emu.clock.now())
+    assert "obfuscated" not in data
+    return str(data["url"])
+
+
+@pytest.mark.anyio
+async def test_s5_11_image_thumbnail_is_served_and_cached(caller: Caller) -> None:
+    """An image gets {url, expires}; the URL serves a scaled JPEG; the entity is reused."""
+    await caller.put_file("cloudreve://my/pics/DSC 1.png", _png(1200, 900))
+
+    first = await caller.thumb("cloudreve://my/pics/DSC%201.png")
+    assert first["code"] == 0, first
+    url = _plain_url(caller, first["data"])
+    assert "/api/v4/file/content/" in url
+    assert "/DSC%201.png.jpg?sign=" in url
+    assert first["data"]["expires"]
+    async with caller.session.get(url) as resp:
+        assert resp.status == 200
+        with Image.open(io.BytesIO(await resp.read())) as img:
+            assert img.format == "JPEG"
+            assert img.size == (400, 300)
+
+    second = await caller.thumb("cloudreve://my/pics/DSC%201.png")
+    assert second["code"] == 0
+    entity = url.split("/file/content/")[1].split("/")[0]
+    assert f"/file/content/{entity}/" in _plain_url(caller, second["data"])
+    item = caller.emu.file(OWNER, "/pics/DSC 1.png")
+    assert item is not None
+    assert sum(e.type == 1 for e in caller.emu.store.entities(item.id)) == 1
+
+
+@pytest.mark.anyio
+async def test_s5_11_non_image_is_40077_and_disabled(caller: Caller) -> None:
+    """A text file answers 40077 and gets thumb:disabled; the next call answers 40077 at once."""
+    await caller.put_file("cloudreve://my/notes.txt", b"no pixels here")
+
+    body = await caller.thumb("cloudreve://my/notes.txt")
+    assert body["code"] == 40077
+    info = await caller.call("GET", "/file/info", params={"uri": "cloudreve://my/notes.txt"})
+    assert "thumb:disabled" in (info["data"]["metadata"] or {})
+    again = await caller.thumb("cloudreve://my/notes.txt")
+    assert again["code"] == 40077
+
+
+@pytest.mark.anyio
+async def test_s5_11_folder_and_missing_file(caller: Caller) -> None:
+    """A folder answers 40077; a missing path answers 40016."""
+    await caller.call("POST", "/file/create", json={"uri": "cloudreve://my/dir", "type": "folder"})
+
+    assert (await caller.thumb("cloudreve://my/dir"))["code"] == 40077
+    assert (await caller.thumb("cloudreve://my/nope.png"))["code"] == 40016
