@@ -9,7 +9,9 @@ be driven end to end with raw HTTP.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import re
 import socket
 import threading
 import time
@@ -32,6 +34,8 @@ from emulator.policy import (
     SessionCredentials,
     UploadSessionInfo,
 )
+
+OCTET = {"Content-Type": "application/octet-stream"}
 
 
 class FakeClock:
@@ -259,3 +263,37 @@ async def test_download_url_expires_on_every_driver(tmp_path: Path) -> None:
             async with env.http.get(url) as resp:
                 assert resp.status in (401, 403), policy_type
             env.clock.offset = 0
+
+
+def xml_code(body: str) -> str:
+    """Return the ``<Code>`` of an S3-family XML error body."""
+    match = re.search(r"<Code>([^<]+)</Code>", body)
+    assert match, body
+    return match.group(1)
+
+
+def complete_xml(etags: list[str]) -> str:
+    """The CompleteMultipartUpload body the web client sends (part n = index + 1)."""
+    parts = "".join(
+        f"<Part><PartNumber>{n}</PartNumber><ETag>{etag}</ETag></Part>"
+        for n, etag in enumerate(etags, start=1)
+    )
+    return f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>"
+
+
+async def put_parts(
+    env: StorageEnv, creds: SessionCredentials, data: bytes, chunk_size: int
+) -> list[str]:
+    """PUT every chunk to its URL as the web client does and return the ETags as received."""
+    etags = []
+    for url, chunk in zip(creds.upload_urls, chunks(data, chunk_size), strict=True):
+        async with env.http.put(url, data=io.BytesIO(chunk), headers=OCTET) as resp:
+            assert resp.status == 200, await resp.text()
+            etags.append(resp.headers["ETag"])
+    return etags
+
+
+async def post(env: StorageEnv, url: str, body: str, headers: dict[str, str]) -> tuple[int, str]:
+    """POST ``body`` and return (status, text)."""
+    async with env.http.post(url, data=body.encode(), headers=headers) as resp:
+        return resp.status, await resp.text()
