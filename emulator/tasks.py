@@ -46,7 +46,7 @@ __all__ = [
     "format_time",
 ]
 
-log = structlog.get_logger()
+log = structlog.get_logger("emulator.tasks")
 
 
 class TaskStatus(enum.StrEnum):

@@ -42,7 +42,7 @@ from emulator.session import require_user
 from emulator.store import FileRow, Store, User, my_uri, parse_uri
 from emulator.tasks import Clock, Progress, RetryPolicy, Task, TaskFailed, TaskRunner, TaskStatus
 
-log = structlog.get_logger()
+log = structlog.get_logger("emulator.workflow")
 
 PHASE_NOT_STARTED = ""
 PHASE_MONITOR = "monitor"
@@ -117,6 +117,9 @@ class HttpDownload:
 
     ``state`` follows ``downloader.Status``: ``downloading`` until the body is saved, then
     ``completed``; ``error`` with ``error_message`` when the URL cannot be fetched.
+
+    Unlike the real server, private and loopback addresses are allowed (no SSRF check): the
+    emulator only ever reaches loopback servers started by tests.
     """
 
     url: str
@@ -544,7 +547,14 @@ def _legit(raw: str) -> bool:
 
 @dataclass(slots=True, eq=False)
 class ImportJob:
-    """``import``: copy files from a server folder into a user's drive (admin, 8.7)."""
+    """``import``: copy files from a server folder into a user's drive (admin, 8.7).
+
+    The real server registers files already present in the policy's storage; the emulator copies
+    them in as new uploads instead.
+    """
+
+    # TODO: the request's policy_id is validated but not used; imported files take the policy of
+    # their destination folder, which differs only when a test imports into another policy.
 
     drive: Drive
     owner_id: int

@@ -135,3 +135,54 @@ async def test_s8_1_shutdown_cancels_running_tasks_and_cleans_up() -> None:
 
     assert job.cleaned
     assert runner.live(task.id) is None
+
+
+class ManualClock:
+    """A clock that moves only when told."""
+
+    def __init__(self) -> None:
+        self.value = 1_000_000.0
+
+    def now(self) -> float:
+        return self.value
+
+
+@dataclass
+class LongSuspendJob:
+    """Suspends for an hour once, then completes."""
+
+    type: str = "remote_download"
+    steps: int = 0
+
+    async def step(self, task: Task) -> TaskStatus:
+        self.steps += 1
+        if self.steps == 1:
+            task.resume_after(1_000_000.0, 3600)
+            return TaskStatus.SUSPENDING
+        return TaskStatus.COMPLETED
+
+    def summary_props(self, task: Task) -> dict[str, object]:
+        return {}
+
+    async def cancel(self, task: Task) -> None:
+        return None
+
+    async def cleanup(self, task: Task) -> None:
+        return None
+
+
+@pytest.mark.anyio
+async def test_s8_1_suspension_waits_on_the_emulator_clock() -> None:
+    """A task suspended for an hour resumes as soon as the emulator clock passes resume_time."""
+    clock = ManualClock()
+    job = LongSuspendJob()
+    async with TaskRunner.open(clock=clock, retry=FAST) as runner:
+        task = runner.submit(7, job)
+        await anyio.sleep(0.2)
+        assert _status(task) is TaskStatus.SUSPENDING
+        assert task.resume_time == 1_003_600
+        clock.value += 3600
+        await _wait_finished(task)
+
+    assert _status(task) is TaskStatus.COMPLETED
+    assert job.steps == 2
