@@ -16,6 +16,8 @@ with mode 0600. The client knows nothing of local files, jobs or SQLite.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import ssl
@@ -138,6 +140,7 @@ class DriveClient:
         self._generation = 0
         self._auth_lock = anyio.Lock()
         self._skew_s = 0.0
+        self._skew_from_token = False
         self.expected_call_s = 0.0
         self.refreshes = 0
         self.sign_ins = 0
@@ -243,6 +246,8 @@ class DriveClient:
             return
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
+        if self._skew_from_token:
+            return
         # The header has one-second resolution; only a skew beyond that is real.
         skew = when.timestamp() + 0.5 - self._clock()
         self._skew_s = skew if abs(skew) > 2 else 0.0
@@ -407,6 +412,12 @@ class DriveClient:
             self._set_token(new)
 
     def _set_token(self, token: Token) -> None:
+        issued = _jwt_issued_at(token.access_token)
+        if issued is not None:
+            # The token's issue time is the server's clock; it beats the Date header, which a
+            # proxy may rewrite and which has one-second resolution.
+            self._skew_s = issued - self._clock()
+            self._skew_from_token = True
         self._token = token
         self._token_received = self.server_time()
         self._generation += 1
@@ -658,6 +669,24 @@ class DriveClient:
     def now_utc(self) -> datetime:
         """Server-adjusted current time as an aware datetime."""
         return datetime.fromtimestamp(self.server_time(), UTC)
+
+
+def _jwt_issued_at(token: str) -> float | None:
+    """The ``iat`` (or ``nbf``) claim of a JWT, read without verifying it; None if absent."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    if not isinstance(payload, dict):
+        return None
+    for claim in ("iat", "nbf"):
+        value = payload.get(claim)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return None
 
 
 def _as_auth_error(exc: ApiError) -> FerryError:

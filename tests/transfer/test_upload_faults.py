@@ -1,0 +1,223 @@
+"""Upload fault tests against the emulator's injection (BR-10/11/14/15/16/17, contract 6)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anyio
+import pytest
+
+from emulator.testing import EmulatorHandle, running_emulator
+from tests.transfer.conftest import CHUNK
+from tests.transfer.roundtrip import MemoryJournal, connected
+from transfer import (
+    PacerConfig,
+    QuotaExceeded,
+    TransferConfig,
+    UploadFailed,
+)
+
+CHUNK_ROUTE = "/api/v4/file/upload/{id}/{index}"
+
+
+def _file(tmp_path: Path, name: str, size: int) -> Path:
+    path = tmp_path / name
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+def _indices(emu: EmulatorHandle) -> list[int]:
+    return [int(i) for i in emu.requests.param_values("POST", CHUNK_ROUTE, "index")]
+
+
+def _remote_bytes(emu: EmulatorHandle, email: str, path: str) -> int | None:
+    row = emu.file(email, path)
+    return None if row is None else row.size
+
+
+@pytest.mark.anyio
+async def test_br17_502_on_one_chunk_resends_only_that_chunk(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """A 502 on chunk 1 re-sends chunk 1 only: 3 chunk requests for 2 chunks, same session."""
+    src = _file(tmp_path, "ten.bin", 2 * CHUNK)
+    emu.faults.fail("POST", CHUNK_ROUTE, nth=2, status=502, html="<h1>Bad Gateway</h1>")
+    async with connected(emu, tmp_path) as drive:
+        entry = await drive.upload(
+            src, "/t/ten.bin", overwrite=False, journal=MemoryJournal(), key="k"
+        )
+    assert entry.size == 2 * CHUNK
+    assert _indices(emu) == [0, 1, 1]
+    sessions = set(emu.requests.param_values("POST", CHUNK_ROUTE, "session_id"))
+    assert len(sessions) == 1
+    assert emu.requests.count("PUT", "/api/v4/file/upload") == 1
+
+
+@pytest.mark.anyio
+async def test_s6_4_connection_cut_mid_chunk_is_retried(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """A connection cut half-way through chunk 0's body re-sends chunk 0; the file is whole."""
+    src = _file(tmp_path, "cut.bin", 2 * CHUNK + 5)
+    emu.faults.fail("POST", CHUNK_ROUTE, cut_request_after=CHUNK // 2)
+    async with connected(emu, tmp_path) as drive:
+        await drive.upload(src, "/t/cut.bin", overwrite=False, journal=MemoryJournal(), key="k")
+        out = tmp_path / "back.bin"
+        entry = await drive.stat("/t/cut.bin")
+        assert entry is not None
+        await drive.download(entry, out)
+    assert out.read_bytes() == src.read_bytes()
+    assert _indices(emu) == [0, 0, 1, 2]
+
+
+@pytest.mark.anyio
+async def test_br15_expired_tokens_cause_one_refresh_for_8_workers(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """8 concurrent uploads that all meet an expired token trigger exactly one refresh."""
+    files = [_file(tmp_path, f"f{i}.bin", CHUNK + i) for i in range(8)]
+    journal = MemoryJournal()
+    async with connected(emu, tmp_path) as drive:
+        await drive.mkdir("/w")
+        emu.faults.expire_tokens()
+        async with anyio.create_task_group() as tg:
+            for i, path in enumerate(files):
+                tg.start_soon(_upload, drive, path, f"/w/{path.name}", journal, str(i))
+    assert emu.requests.count("POST", "/api/v4/session/token/refresh") == 1
+    for i, path in enumerate(files):
+        assert _remote_bytes(emu, next(iter(emu.users)), f"/w/{path.name}") == CHUNK + i
+
+
+async def _upload(drive: object, path: Path, remote: str, journal: MemoryJournal, key: str) -> None:
+    await drive.upload(path, remote, overwrite=False, journal=journal, key=key)  # type: ignore[attr-defined]
+
+
+@pytest.mark.anyio
+async def test_br16_token_expiring_between_chunks_refreshes_and_resends_same_index(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """Tokens expire after chunk 0: chunk 1 gets 40011, one refresh, then the same index again."""
+    src = _file(tmp_path, "mid.bin", 3 * CHUNK)
+    journal = MemoryJournal()
+    async with connected(emu, tmp_path, transfer=TransferConfig(chunk_concurrency=1)) as drive:
+        progress: list[int] = []
+
+        def on_progress(n: int) -> None:
+            progress.append(n)
+            if len(progress) == 1:
+                emu.faults.expire_tokens()
+
+        await drive.upload(
+            src, "/t/mid.bin", overwrite=False, journal=journal, key="k", progress=on_progress
+        )
+    assert _indices(emu) == [0, 1, 1, 2]
+    assert emu.requests.count("POST", "/api/v4/session/token/refresh") == 1
+    assert len(set(emu.requests.param_values("POST", CHUNK_ROUTE, "session_id"))) == 1
+    assert sum(progress) == 3 * CHUNK
+
+
+@pytest.mark.anyio
+async def test_br14_quota_exceeded_is_typed_without_retry_storm(tmp_path: Path) -> None:
+    """40051 at session creation raises QuotaExceeded (fatal) after one request; nothing is left."""
+    async with running_emulator(tmp_path, chunk_size=CHUNK) as emu:
+        email = next(iter(emu.users))
+        emu.faults.set_quota(email, 3 * CHUNK)
+        small = _file(tmp_path, "small.bin", CHUNK)
+        big = _file(tmp_path, "big.bin", 3 * CHUNK)
+        async with connected(emu, tmp_path) as drive:
+            await drive.upload(
+                small, "/q/small.bin", overwrite=False, journal=MemoryJournal(), key="s"
+            )
+            with pytest.raises(QuotaExceeded) as info:
+                await drive.upload(
+                    big, "/q/big.bin", overwrite=False, journal=MemoryJournal(), key="b"
+                )
+            assert info.value.fatal
+            assert await drive.stat("/q/big.bin") is None
+            assert (await drive.stat("/q/small.bin")) is not None
+            capacity = await drive.capacity()
+        assert emu.requests.count("PUT", "/api/v4/file/upload") == 2
+        assert capacity.used == CHUNK
+
+
+@pytest.mark.anyio
+async def test_s6_6_interrupted_upload_resumes_in_a_new_drive_with_only_missing_chunks(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """Interrupted after 2 of 5 chunks, a new Drive (new client, same journal) sends only 3."""
+    src = _file(tmp_path, "five.bin", 5 * CHUNK - 3)
+    journal = MemoryJournal()
+    emu.faults.fail("POST", CHUNK_ROUTE, nth=3, times=100, status=503)
+    strict = PacerConfig(min_sleep_s=0.0, max_sleep_s=0.01, max_attempts=2)
+    no_file_retry = TransferConfig(chunk_concurrency=1, file_retries=0)
+    async with connected(emu, tmp_path, pacer=strict, transfer=no_file_retry) as drive:
+        with pytest.raises(UploadFailed) as info:
+            await drive.upload(src, "/r/five.bin", overwrite=False, journal=journal, key="k")
+    assert info.value.chunk == 2
+    assert info.value.retryable
+    assert sorted(journal.acked["k"]) == [0, 1]
+    emu.faults.clear()
+    emu.requests.clear()
+    async with connected(emu, tmp_path) as drive:
+        entry = await drive.upload(src, "/r/five.bin", overwrite=False, journal=journal, key="k")
+    assert entry.size == 5 * CHUNK - 3
+    assert _indices(emu) == [2, 3, 4]
+    assert emu.requests.count("PUT", "/api/v4/file/upload") == 0
+    assert "k" not in journal.sessions
+
+
+@pytest.mark.anyio
+async def test_br10_session_expired_between_runs_restarts_from_chunk_0(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """A journaled session past its expiry is cancelled and the file re-sent from chunk 0."""
+    src = _file(tmp_path, "exp.bin", 2 * CHUNK)
+    journal = MemoryJournal()
+    emu.faults.fail("POST", CHUNK_ROUTE, nth=2, times=100, status=503)
+    strict = PacerConfig(min_sleep_s=0.0, max_sleep_s=0.01, max_attempts=1)
+    async with connected(
+        emu, tmp_path, pacer=strict, transfer=TransferConfig(file_retries=0)
+    ) as drive:
+        with pytest.raises(UploadFailed):
+            await drive.upload(src, "/e/exp.bin", overwrite=False, journal=journal, key="k")
+    old = journal.sessions["k"].session_id
+    emu.faults.clear()
+    emu.requests.clear()
+    emu.clock.advance(2 * 86400)
+    async with connected(emu, tmp_path) as drive:
+        entry = await drive.upload(src, "/e/exp.bin", overwrite=False, journal=journal, key="k")
+        listing = await drive.list("/e")
+    assert entry.size == 2 * CHUNK
+    assert not entry.uploading
+    assert [e.name for e in listing] == ["exp.bin"]
+    assert _indices(emu) == [0, 1]
+    new_sessions = set(emu.requests.param_values("POST", CHUNK_ROUTE, "session_id"))
+    assert old not in new_sessions
+
+
+@pytest.mark.anyio
+async def test_br11_orphan_placeholder_of_our_session_is_cleaned_once(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """A journaled session whose cancel was lost leaves a placeholder; it is removed once."""
+    src = _file(tmp_path, "draft.bin", 2 * CHUNK)
+    journal = MemoryJournal()
+    emu.faults.fail("POST", CHUNK_ROUTE, nth=2, times=100, status=503)
+    strict = PacerConfig(min_sleep_s=0.0, max_sleep_s=0.01, max_attempts=1)
+    async with connected(
+        emu, tmp_path, pacer=strict, transfer=TransferConfig(file_retries=0)
+    ) as drive:
+        with pytest.raises(UploadFailed):
+            await drive.upload(src, "/o/draft.bin", overwrite=False, journal=journal, key="k")
+    emu.faults.clear()
+    # The local file changed size: the old session cannot be resumed; its cancel fails once.
+    src.write_bytes(os.urandom(CHUNK + 1))
+    emu.faults.fail("DELETE", "/api/v4/file/upload", status=502, times=1)
+    async with connected(
+        emu, tmp_path, pacer=PacerConfig(min_sleep_s=0.0, max_attempts=1)
+    ) as drive:
+        entry = await drive.upload(src, "/o/draft.bin", overwrite=False, journal=journal, key="k")
+        listing = await drive.list("/o")
+    assert entry.size == CHUNK + 1
+    assert [(e.name, e.uploading) for e in listing] == [("draft.bin", False)]
