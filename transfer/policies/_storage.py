@@ -253,6 +253,9 @@ def _describe(resp: StorageResponse) -> tuple[str, str, str, int | None]:
         if isinstance(doc, dict):
             return _describe_json(cast(dict[str, object], doc), resp.status, request_id)
     kind = resp.headers.get("Content-Type", "no content type")
+    if kind.startswith("text/plain") and text:
+        # A short plain-text reason (a proxy's "Request Entity Too Large") says what went wrong.
+        return "", f"HTTP {resp.status}: {text[:200]}", request_id, None
     return "", f"HTTP {resp.status} ({kind}, {len(resp.body)} bytes)", request_id, None
 
 
