@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 from aiohttp import web
@@ -24,7 +25,7 @@ from emulator.core import STATE, State, error_response
 from emulator.errors import ApiError
 from emulator.faults import Faults, RequestLog, fault_middleware
 from emulator.policies import open_drivers
-from emulator.policy import PolicyInfo
+from emulator.policy import PolicyDriver, PolicyInfo, UploadHost
 from emulator.store import Store
 from emulator.upload import DEFAULT_LOCAL_CHUNK, UPLOADS, UploadCore
 
@@ -142,9 +143,19 @@ class Running:
     app: web.Application
 
 
+DriverOpener = Callable[[UploadHost, Path], AbstractAsyncContextManager[dict[str, PolicyDriver]]]
+
+
 @asynccontextmanager
-async def serve(config: EmulatorConfig, clock: Clock | None = None) -> AsyncIterator[Running]:
-    """Run an emulator on ``config.host:config.port`` (0 = a free port) until the block exits."""
+async def serve(
+    config: EmulatorConfig,
+    clock: Clock | None = None,
+    drivers: DriverOpener | None = None,
+) -> AsyncIterator[Running]:
+    """Run an emulator on ``config.host:config.port`` (0 = a free port) until the block exits.
+
+    ``drivers`` replaces ``emulator.policies.open_drivers`` (tests plug fake drivers in).
+    """
     config.data_dir.mkdir(parents=True, exist_ok=True)
     clock = clock or Clock()
     store = Store(config.data_dir, clock)
@@ -152,8 +163,13 @@ async def serve(config: EmulatorConfig, clock: Clock | None = None) -> AsyncIter
     st.faults.bind(st)
     core = UploadCore(st)
     try:
-        async with open_drivers(core, config.data_dir, clock=clock.now) as drivers:
-            st.drivers.update(drivers)
+        opener = (
+            drivers(core, config.data_dir)
+            if drivers is not None
+            else open_drivers(core, config.data_dir, clock=clock.now)
+        )
+        async with opener as opened:
+            st.drivers.update(opened)
             store.drivers = st.drivers
             seed(st)
             app = create_app(st, core)

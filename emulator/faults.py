@@ -11,8 +11,9 @@ Rules fire on the Nth request matching a method and a path pattern, then ``times
 * cut the connection after ``cut_request_after`` bytes of the request body, or after
   ``cut_response_after`` bytes of the response body.
 
-Besides rules: expire all access tokens now, expire an upload session, set a user's quota, and
-cap bandwidth (bytes/s over all request and response bodies that stream through the emulator).
+Besides rules: expire all access tokens now, expire an upload session, set a user's quota, make
+the next upload completions fail, and cap bandwidth (bytes/s over all request and response bodies
+that stream through the emulator).
 
 HTTP API (admin only, same JSON envelope as the rest of the API):
 
@@ -21,7 +22,8 @@ HTTP API (admin only, same JSON envelope as the rest of the API):
 * ``GET /api/v4/admin/faults`` lists rules; ``DELETE /api/v4/admin/faults`` clears them.
 * ``POST /api/v4/admin/faults/actions`` with ``{"action": "expire_tokens"}``,
   ``{"action": "expire_session", "session_id"}``, ``{"action": "set_quota", "email", "bytes"}``,
-  ``{"action": "bandwidth", "bytes_per_s"}`` (0 = unlimited).
+  ``{"action": "bandwidth", "bytes_per_s"}`` (0 = unlimited),
+  ``{"action": "fail_completions", "count"}`` (the next uploads fail to finish, 50001).
 """
 
 from __future__ import annotations
@@ -138,6 +140,7 @@ class Faults:
     def __init__(self) -> None:
         self.rules: list[FaultRule] = []
         self.bytes_per_s = 0
+        self.failing_completions = 0
         self._next_id = 1
         self._state: State | None = None
 
@@ -164,6 +167,7 @@ class Faults:
         """Remove every rule and the bandwidth cap."""
         self.rules.clear()
         self.bytes_per_s = 0
+        self.failing_completions = 0
 
     def _st(self) -> State:
         if self._state is None:
@@ -192,6 +196,19 @@ class Faults:
             raise ValueError(f"unknown user {email}")
         st.store.update_user(user.id, quota=quota_bytes)
         log.info("fault_injected", kind="set_quota", quota_bytes=quota_bytes)
+
+    def fail_completions(self, count: int = 1) -> None:
+        """Make the next ``count`` upload completions fail with 50001 (contract 6.4)."""
+        self.failing_completions = max(0, count)
+        log.info("fault_injected", kind="fail_completions", count=count)
+
+    def take_completion_failure(self) -> bool:
+        """Consume one pending completion failure; True when this completion must fail."""
+        if self.failing_completions <= 0:
+            return False
+        self.failing_completions -= 1
+        log.warning("fault_injected", kind="completion_failed")
+        return True
 
     def cap_bandwidth(self, bytes_per_s: int) -> None:
         """Cap streamed body bandwidth (0 = unlimited)."""
@@ -369,6 +386,8 @@ async def run_action(request: web.Request) -> web.Response:
             )
         except ValueError as exc:
             raise errors.ApiError(errors.NOT_FOUND, str(exc)) from exc
+    elif action == "fail_completions":
+        st.faults.fail_completions(field_int(body, "count", 1, minimum=0))
     elif action == "bandwidth":
         st.faults.cap_bandwidth(field_int(body, "bytes_per_s", minimum=0))
     else:

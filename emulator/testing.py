@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emulator.app import policy_by_type, serve
+from emulator.app import DriverOpener, policy_by_type, serve
 from emulator.config import Clock, EmulatorConfig
 from emulator.core import State
 from emulator.faults import Faults, RequestLog
@@ -73,9 +73,12 @@ async def running_emulator(
     tmp_path: Path,
     users: Mapping[str, str] | None = None,
     policy: str = "local",
+    drivers: DriverOpener | None = None,
     **opts: Any,
 ) -> AsyncIterator[EmulatorHandle]:
     """Run an emulator on a free loopback port with data under ``tmp_path``.
+
+    ``drivers`` replaces ``emulator.policies.open_drivers`` (e.g. a fake driver for a test).
 
     ``opts`` are further :class:`emulator.config.EmulatorConfig` fields (``chunk_size``,
     ``quota``, ``server_version``, ``session_ttl``, ``admins``, ``totp_secrets``...).
@@ -93,7 +96,7 @@ async def running_emulator(
         policy=policy,
         **opts,
     )
-    async with serve(config) as running:
+    async with serve(config, drivers=drivers) as running:
         st = running.state
         yield EmulatorHandle(
             url=running.url,

@@ -114,6 +114,8 @@ class UploadCore:
         """Commit the placeholder as the file's content, drop the session and the lock."""
         st = self._st
         info = sess.info
+        if st.faults.take_completion_failure():
+            raise ApiError(errors.DB_ERROR, "Failed to finish upload (injected fault)")
         try:
             item = st.store.file(info.file_id)
             entity = st.store.entity(info.entity_id)

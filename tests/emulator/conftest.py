@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from emulator.policy import PolicyDriver, UploadHost
 from emulator.testing import EmulatorHandle, running_emulator
 from tests.emulator.apiclient import Api
 
@@ -15,10 +17,16 @@ USER = "user@example.com"
 ADMIN = "admin@example.com"
 
 
+@asynccontextmanager
+async def no_drivers(host: UploadHost, data_dir: Path) -> AsyncIterator[dict[str, PolicyDriver]]:
+    """Open no storage drivers: core tests need no object-store servers."""
+    yield {}
+
+
 @pytest.fixture
 async def emu(tmp_path: Path) -> AsyncIterator[EmulatorHandle]:
-    """A local-policy emulator with 4-byte chunks (admin + one user)."""
-    async with running_emulator(tmp_path, chunk_size=4) as handle:
+    """A local-policy emulator with 4-byte chunks (admin + one user), without storage drivers."""
+    async with running_emulator(tmp_path, chunk_size=4, drivers=no_drivers) as handle:
         yield handle
 
 
