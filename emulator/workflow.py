@@ -39,7 +39,7 @@ from emulator.core import (
 )
 from emulator.errors import ApiError
 from emulator.session import require_user
-from emulator.store import FileRow, Store, User, my_uri, parse_uri
+from emulator.store import FILE, FileRow, Store, User, my_uri, parse_uri
 from emulator.tasks import Clock, Progress, RetryPolicy, Task, TaskFailed, TaskRunner, TaskStatus
 
 log = structlog.get_logger("emulator.workflow")
@@ -76,8 +76,13 @@ class Drive(Protocol):
         """Create a folder and its ancestors; an existing folder is not an error."""
         ...
 
-    async def put_file(self, user_id: int, uri: str, src: Path) -> None:
-        """Create a new file from a local file, ancestors included (40004 if the name is taken)."""
+    async def put_file(
+        self, user_id: int, uri: str, src: Path, *, policy_id: int | None = None
+    ) -> None:
+        """Create a new file from a local file, ancestors included (40004 if the name is taken).
+
+        The blob goes to ``policy_id`` when given, else to the destination folder's policy.
+        """
         ...
 
     async def read_file(self, user_id: int, uri: str, dst: Path) -> None:
@@ -550,17 +555,15 @@ class ImportJob:
     """``import``: copy files from a server folder into a user's drive (admin, 8.7).
 
     The real server registers files already present in the policy's storage; the emulator copies
-    them in as new uploads instead.
+    them in as new uploads, with their blobs in the requested policy.
     """
-
-    # TODO: the request's policy_id is validated but not used; imported files take the policy of
-    # their destination folder, which differs only when a test imports into another policy.
 
     drive: Drive
     owner_id: int
     src: Path
     dst: str
     recursive: bool
+    policy_id: int
     type: str = "import"
 
     async def step(self, task: Task) -> TaskStatus:
@@ -575,7 +578,9 @@ class ImportJob:
         for path in files:
             rel = path.relative_to(self.src).as_posix()
             try:
-                await self.drive.put_file(self.owner_id, join_uri(self.dst, rel), path)
+                await self.drive.put_file(
+                    self.owner_id, join_uri(self.dst, rel), path, policy_id=self.policy_id
+                )
             except ApiError as exc:
                 if exc.code != 40004:
                     raise TaskFailed(f"failed to import {rel}: {exc.msg}") from exc
@@ -685,9 +690,28 @@ class StoreDrive:
         """Create a folder and its ancestors."""
         self.store.mkdirs(user_id, self._path(uri))
 
-    async def put_file(self, user_id: int, uri: str, src: Path) -> None:
-        """Create a new file from a local file (40004 if the name is taken)."""
-        await self.store.import_local_file(user_id, self._path(uri), src)
+    async def put_file(
+        self, user_id: int, uri: str, src: Path, *, policy_id: int | None = None
+    ) -> None:
+        """Create a new file from a local file (40004 taken, 40073 locked, 40051 over quota)."""
+        path = self._path(uri)
+        if policy_id is None:
+            await self.store.import_local_file(user_id, path, src)
+            return
+        policy = self.store.policy(policy_id)
+        size = (await anyio.Path(src).stat()).st_size
+        self.store.check_unlocked(user_id, path)
+        self.store.check_quota(user_id, size)
+        key = self.store.new_storage_key(user_id, path.rpartition("/")[2])
+        await self.store.store_blob(policy, key, src)
+        # No await from here on: the file never shows up without its content.
+        try:
+            item = self.store.create(user_id, path, FILE)
+        except ApiError:
+            await self.store.delete_blobs([(policy, key)])
+            raise
+        ent = self.store.add_entity(item.id, size, key, policy.id)
+        self.store.update_file(item.id, size=size, primary_entity=ent.id)
 
     async def read_file(self, user_id: int, uri: str, dst: Path) -> None:
         """Copy the file's current version into ``dst``."""
@@ -1082,6 +1106,7 @@ async def create_import(request: web.Request) -> web.Response:
         src=Path(src),
         dst=my_uri("/" + dst.strip("/")),
         recursive=recursive,
+        policy_id=policy_id,
     )
     return ok(_task_json(wf.runner.submit(owner_id, job)))
 

@@ -528,18 +528,19 @@ async def test_s8_7_extract_over_decompress_limit_errors_while_running(
 
 @pytest.mark.anyio
 async def test_s8_7_import_is_admin_only_and_copies_server_files(env: Env, tmp_path: Path) -> None:
-    """An admin imports a server folder into a user's drive; a plain user gets 40007."""
+    """An admin imports a server folder into a user's drive and policy; a plain user gets 40007."""
     (tmp_path / "sub").mkdir()
     (tmp_path / "one.txt").write_bytes(b"1")
     (tmp_path / "sub" / "two.txt").write_bytes(b"22")
     st = env.run.state
     owner = st.store.user_by_email(USER[0])
     assert owner is not None
+    target = policy_by_type(st, "s3") if "s3" in st.drivers else policy_by_type(st, "remote")
     body = {
         "src": str(tmp_path),
         "dst": "imported",
         "user_id": owner.hash_id,
-        "policy_id": policy_by_type(st, "local").id,
+        "policy_id": target.id,
         "recursive": True,
     }
     denied = await env.user.call("POST", "/workflow/import", json=body)
@@ -555,6 +556,9 @@ async def test_s8_7_import_is_admin_only_and_copies_server_files(env: Env, tmp_p
 
     assert await env.user.read_file("cloudreve://my/imported/one.txt") == b"1"
     assert await env.user.read_file("cloudreve://my/imported/sub/two.txt") == b"22"
+    item = st.store.lookup(owner.id, "/imported/one.txt")
+    assert item is not None
+    assert {e.policy_id for e in st.store.entities(item.id)} == {target.id}
 
 
 @pytest.mark.anyio

@@ -47,7 +47,9 @@ class MemoryDrive:
     async def create_folder(self, user_id: int, uri: str) -> None:
         self.folders.add(uri.rstrip("/"))
 
-    async def put_file(self, user_id: int, uri: str, src: Path) -> None:
+    async def put_file(
+        self, user_id: int, uri: str, src: Path, *, policy_id: int | None = None
+    ) -> None:
         if uri in self.files or uri in self.folders:
             raise ApiError(40004, "Object existed")
         self.files[uri] = await anyio.Path(src).read_bytes()
