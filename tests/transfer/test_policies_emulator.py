@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from emulator.testing import EmulatorHandle, running_emulator
-from transfer import Drive, RemoteConfig, SavedUpload
+from transfer import Drive, FerryError, RemoteConfig, SavedUpload
 
 pytestmark = pytest.mark.anyio
 CHUNK = 5 << 20  # moto's minimum part size; a multiple of 320 KiB for OneDrive
@@ -108,3 +108,39 @@ async def test_br17_s3_502_on_one_part_resends_only_that_part(tmp_path: Path) ->
         parts = emu.requests.param_values("PUT", "/storage/s3/*", "partNumber")
         assert sorted(parts) == ["1", "2", "2", "3"]
         assert emu.requests.count("GET", "/api/v4/callback/s3/*") == 1
+
+
+@pytest.mark.parametrize(("policy", "method"), [("s3", "GET"), ("onedrive", "POST")])
+async def test_br12_callback_404_405_is_a_failure_never_done(
+    tmp_path: Path, policy: str, method: str
+) -> None:
+    """A callback answered 405 (every time) fails the upload; the file never shows as whole."""
+    async with running_emulator(tmp_path, policy=policy, chunk_size=CHUNK) as emu:
+        emu.faults.add(method=method, path=f"/api/v4/callback/{policy}/*", times=100, status=405)
+
+        with pytest.raises(FerryError):
+            await roundtrip(emu, tmp_path, CHUNK + 1)
+
+        assert emu.requests.count(method, f"/api/v4/callback/{policy}/*") >= 1
+        email, password = next(iter(emu.users.items()))
+        async with Drive.connect(
+            RemoteConfig(emu.url, email, password), token_cache=tmp_path / "tokens"
+        ) as drive:
+            entry = await drive.stat("/up/data.bin")
+        assert entry is None or entry.uploading
+
+
+async def test_s6_5_onedrive_lost_answer_realigns_with_next_expected_ranges(
+    tmp_path: Path,
+) -> None:
+    """A fragment stored by Graph but whose answer was cut is not re-stored: the writer asks for
+    nextExpectedRanges after the 416 and skips it."""
+    async with running_emulator(tmp_path, policy="onedrive", chunk_size=CHUNK) as emu:
+        emu.faults.add(method="PUT", path="/storage/onedrive/*", nth=1, cut_response_after=0)
+
+        await roundtrip(emu, tmp_path, 2 * CHUNK + 99)
+
+        puts = emu.requests.count("PUT", "/storage/onedrive/*")
+        gets = emu.requests.count("GET", "/storage/onedrive/*")
+        assert gets >= 1
+        assert puts == 4  # chunk 0, chunk 0 again (416), chunk 1, chunk 2
