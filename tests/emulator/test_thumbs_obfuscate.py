@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from emulator.obfuscate import InvalidTimeFlowString, decode, decode_at, encode, time_key
+from transfer.thumbs import decode_obfuscated
 
 # The "Obfuscated" example of the official apifox page for GET /file/thumb.
 DOC_EXAMPLE = (
@@ -57,3 +58,12 @@ def test_s9_5_key_is_seconds_divided_by_1000() -> None:
 def test_s9_5_encode_decode_round_trip(url: str, key: int) -> None:
     """Any URL (including '|' and non-ASCII) survives encode then decode under the same key."""
     assert decode_at(encode(url, key), key) == url
+
+
+@given(
+    url=st.text(min_size=1, max_size=200),
+    now_s=st.integers(min_value=1_000_000, max_value=3_000_000_000),
+)
+def test_s9_5_client_decoder_reads_what_the_emulator_encodes(url: str, now_s: int) -> None:
+    """The transfer client's independent decoder recovers URLs the emulator encoded at now."""
+    assert decode_obfuscated(encode(url, time_key(now_s)), now_s) == url
