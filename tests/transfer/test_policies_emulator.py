@@ -144,3 +144,15 @@ async def test_s6_5_onedrive_lost_answer_realigns_with_next_expected_ranges(
         gets = emu.requests.count("GET", "/storage/onedrive/*")
         assert gets >= 1
         assert puts == 4  # chunk 0, chunk 0 again (416), chunk 1, chunk 2
+
+
+async def test_br06_zero_byte_file_on_onedrive_takes_the_non_session_path(
+    tmp_path: Path,
+) -> None:
+    """An empty file on a OneDrive policy is stored with PUT /file/content, no Graph range."""
+    async with running_emulator(tmp_path, policy="onedrive", chunk_size=CHUNK) as emu:
+        await roundtrip(emu, tmp_path, 0)
+
+        assert emu.requests.count("PUT", "/storage/onedrive/*") == 0
+        assert emu.requests.count("PUT", "/api/v4/file/content") == 1
+        assert emu.requests.count("DELETE", "/api/v4/file/upload") == 1

@@ -6,7 +6,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -303,3 +303,45 @@ async def test_br12_onedrive_callback_failure_is_not_done(
 
     assert len(api.calls) == 1
     assert json.loads(json.dumps(state.status()))["nextExpectedRanges"] == []
+
+
+@dataclass
+class FakeContentApi(FakeCallbackApi):
+    """A callback api that also offers the non-session calls a 0-byte file needs."""
+
+    cancelled: list[tuple[str, str]] = field(default_factory=list)
+    content: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
+
+    async def delete_upload_session(self, session_id: str, uri: str) -> None:
+        self.cancelled.append((session_id, uri))
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        what: str = "",
+    ) -> object:
+        self.content.append((method, path, dict(params or {}), data or b""))
+        return None
+
+
+async def test_br06_zero_byte_file_cancels_session_then_puts_content(
+    graph: tuple[GraphSession, str], http: aiohttp.ClientSession
+) -> None:
+    """An empty file cancels the session, PUTs empty content, and makes no callback."""
+    state, url = graph
+    session = session_for(url, 0, A)
+    api = FakeContentApi()
+    writer = OneDriveWriter(WriterContext(session, http, api))
+
+    part = await writer.write_chunk(0, 0, b"")
+    await writer.finish([part])
+
+    assert api.cancelled == [(session.session_id, session.uri)]
+    assert api.content == [("PUT", "/file/content", {"uri": session.uri}, b"")]
+    assert api.calls == []
+    assert state.puts == []

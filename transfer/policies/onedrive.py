@@ -13,15 +13,20 @@ re-sent from it, so that case asks for a new session.
 
 ``finish`` is ``POST /callback/onedrive/{session_id}/{secret}`` through the Cloudreve API.
 
-A 0-byte file cannot go through an upload session (Graph takes no empty range, and the web client
-refuses it); the real server's non-session path is ``PUT /file/content``, which the upload driver
-must take before opening a session. This writer raises ``UnsupportedFeature`` for it.
+A 0-byte file cannot go through an upload session (Graph takes no empty range, the web client
+refuses it, and the server's callback would find no object). The writer takes the server's
+non-session path instead (case BR-06): it cancels the session (``DELETE /file/upload``, which
+removes the placeholder and its lock) and stores the empty file with ``PUT /file/content``, where
+the server writes to OneDrive itself; ``finish`` then has nothing to call back. This needs an api
+with :class:`ContentApi`'s methods (``DriveClient`` has them); without them the writer raises
+``UnsupportedFeature``.
 """
 
 from __future__ import annotations
 
 import json
-from typing import cast
+from collections.abc import Mapping
+from typing import Protocol, cast, runtime_checkable
 
 import structlog
 
@@ -38,7 +43,7 @@ from transfer.policies._storage import (
     storage_error,
 )
 
-__all__ = ["FRAGMENT_ALIGN", "OneDriveWriter", "fragment_size"]
+__all__ = ["FRAGMENT_ALIGN", "ContentApi", "OneDriveWriter", "fragment_size"]
 
 _log = structlog.get_logger()
 
@@ -55,6 +60,28 @@ def fragment_size(requested: int) -> int:
     ``fragment_size(134217728) == 134021120``.
     """
     return max(FRAGMENT_ALIGN, requested - requested % FRAGMENT_ALIGN)
+
+
+@runtime_checkable
+class ContentApi(Protocol):
+    """The Cloudreve calls the 0-byte path needs (implemented by ``DriveClient``)."""
+
+    async def delete_upload_session(self, session_id: str, uri: str) -> None:
+        """``DELETE /file/upload``: cancel a session and remove its placeholder."""
+        ...
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        what: str = "",
+    ) -> object:
+        """Call an authenticated API route and return the envelope's ``data``."""
+        ...
 
 
 class _RangeRejected(Exception):
@@ -101,17 +128,17 @@ class OneDriveWriter:
     async def write_chunk(self, index: int, offset: int, data: bytes) -> PartResult:
         """Send chunk ``index`` (bytes ``offset``..) as one or more aligned fragments.
 
+        An empty file is stored through ``PUT /file/content`` (see the module docstring).
+
         Raises:
-            UnsupportedFeature: the file is empty (see the module docstring).
+            UnsupportedFeature: the file is empty and the api cannot store it without a session.
             PartUrlExpired: the upload session is gone, or Graph lacks bytes before this chunk.
             ServerError, RateLimited, NetworkError: retryable; the chunk can be sent again.
             StorageError: any other refusal.
         """
         if self._size == 0:
-            raise UnsupportedFeature(
-                "BR-06: a 0-byte file cannot use a OneDrive upload session; "
-                "upload it with PUT /file/content instead"
-            )
+            await self._store_empty()
+            return PartResult(index)
         if self._carry and self._carry_offset + len(self._carry) == offset:
             start, buffer = self._carry_offset, self._carry + data
         else:
@@ -139,10 +166,32 @@ class OneDriveWriter:
                 self._carry_offset,
                 f"{len(self._carry)} bytes never sent before finish",
             )
+        if self._size == 0:
+            return
         session = self._ctx.session
         await self._ctx.api.upload_callback(
             self.policy_type, session.session_id, session.callback_secret
         )
+
+    async def _store_empty(self) -> None:
+        """Store a 0-byte file through Cloudreve's non-session path (see the module docstring)."""
+        api = self._ctx.api
+        if not isinstance(api, ContentApi):
+            raise UnsupportedFeature(
+                "BR-06: a 0-byte file cannot use a OneDrive upload session and this api has no "
+                "PUT /file/content"
+            )
+        session = self._ctx.session
+        await api.delete_upload_session(session.session_id, session.uri)
+        await api.call(
+            "PUT",
+            "/file/content",
+            params={"uri": session.uri},
+            data=b"",
+            headers={"Content-Length": "0"},
+            what="empty file content",
+        )
+        _log.debug("onedrive_empty_file_stored", session_id=session.session_id)
 
     async def _send_buffer(self, start: int, buffer: bytes) -> int:
         """Send ``buffer`` (file bytes from ``start``); return the offset sent up to.
