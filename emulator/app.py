@@ -35,8 +35,14 @@ OPTIONAL_MODULES = ("emulator.workflow", "emulator.thumbs")
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: faults.Handler) -> web.StreamResponse:
-    """Turn API errors into envelopes and unknown routes into gin's ``404 page not found``."""
+    """Turn API errors into envelopes and unknown routes into gin's ``404 page not found``.
+
+    Like the real server's ``CurrentUser`` middleware, every ``/api/v4`` request resolves its
+    bearer token first, so a token of an inactive user fails even on public routes (2.3).
+    """
     try:
+        if request.path.startswith("/api/v4/"):
+            session.current_user(request)
         return await handler(request)
     except ApiError as exc:
         return error_response(request, exc)
