@@ -99,7 +99,7 @@ class _Job:
     done: set[int] = field(default_factory=set)
     reached: dict[int, int] = field(default_factory=dict)
     """Bytes on disk per unfinished segment: where a resumed segment continues."""
-    error: FerryError | None = None
+    error: FerryError | _Restart | None = None
     state_lock: anyio.Lock = field(default_factory=anyio.Lock)
 
     @property
@@ -237,7 +237,7 @@ class Downloader:
                 for index in pending:
                     try:
                         await self._fetch_segment(job, index)
-                    except FerryError as exc:
+                    except (FerryError, _Restart) as exc:
                         job.error = job.error or exc
                         tg.cancel_scope.cancel()
                         return
@@ -245,7 +245,8 @@ class Downloader:
             for _ in range(min(self.segments, len(todo))):
                 tg.start_soon(worker)
         if job.error is not None:
-            raise job.error
+            error, job.error = job.error, None
+            raise error
 
     async def _fetch_segment(self, job: _Job, index: int) -> None:
         """Fetch one segment, retrying network errors and re-issuing dead URLs."""
@@ -261,6 +262,7 @@ class Downloader:
                 try:
                     pos = await self._fetch_once(job, index, fh.fileno(), url, pos, end)
                 except _DeadUrl as dead:
+                    pos = max(pos, job.reached.get(index, pos))
                     refreshes += 1
                     if refreshes > _MAX_URL_REFRESHES:
                         raise DownloadFailed(job.entry.path, pos, str(dead)) from None
@@ -268,6 +270,7 @@ class Downloader:
                     job.urls.invalidate(url)
                     continue
                 except FerryError as exc:
+                    pos = max(pos, job.reached.get(index, pos))
                     attempts += 1
                     if not exc.retryable or attempts >= self.max_attempts:
                         raise DownloadFailed(
@@ -302,13 +305,19 @@ class Downloader:
         async with self.client.stream(url, headers=headers) as answer:
             await self._check_answer(answer, job, pos, end, url)
             buffer = bytearray()
-            async for block in answer.blocks():
-                if pos + len(buffer) + len(block) > end:
-                    raise ServerError(answer.status, answer.status, "body longer than the range")
-                buffer += block
-                if len(buffer) >= _WRITE_BLOCK:
-                    pos = await self._write(job, index, fd, pos, bytes(buffer))
-                    buffer.clear()
+            try:
+                async for block in answer.blocks():
+                    if pos + len(buffer) + len(block) > end:
+                        raise ServerError(answer.status, answer.status, "body longer than range")
+                    buffer += block
+                    if len(buffer) >= _WRITE_BLOCK:
+                        pos = await self._write(job, index, fd, pos, bytes(buffer))
+                        buffer.clear()
+            except FerryError:
+                # Bytes that arrived before the failure are good: keep them for the resume.
+                if buffer:
+                    await self._write(job, index, fd, pos, bytes(buffer))
+                raise
             if buffer:
                 pos = await self._write(job, index, fd, pos, bytes(buffer))
         if pos < end:
