@@ -23,7 +23,7 @@ import calendar
 import mimetypes
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -141,6 +141,7 @@ class S3Driver:
         self._clock = clock
         self._prefix = f"/storage/{policy_type}"
         self._issued: dict[str, _Issued] = {}
+        self._issued_expiry: dict[str, float] = {}
         self._uploads: dict[str, tuple[str, str]] = {}
         """session id -> (key, upload id)."""
         self._live: set[str] = set()
@@ -181,9 +182,9 @@ class S3Driver:
         )
         parts = urlsplit(raw)
         url = URL(f"{self._host.site_url}{self._prefix}{parts.path}?{parts.query}", encoded=True)
-        self._issued[url.query["X-Amz-Signature"]] = _Issued(
-            method, url.path, tuple(sorted(url.query.items()))
-        )
+        signature = url.query["X-Amz-Signature"]
+        self._issued[signature] = _Issued(method, url.path, tuple(sorted(url.query.items())))
+        self._issued_expiry[signature] = _expires_at(url.query) or 0.0
 
         return str(url)
 
@@ -199,8 +200,15 @@ class S3Driver:
 
         return SessionCredentials(upload_id=upload_id, upload_urls=urls, complete_url=complete)
 
+    def _forget_expired(self) -> None:
+        """Drop presigned URLs whose expiry passed; they can only be refused from now on."""
+        now = self._clock()
+        for signature in [s for s, at in self._issued_expiry.items() if at < now]:
+            del self._issued[signature], self._issued_expiry[signature]
+
     async def open_session(self, session: UploadSessionInfo) -> SessionCredentials:
         """Create the multipart upload and presign one part URL per chunk and the complete URL."""
+        self._forget_expired()
         mime = session.mime_type or mimetypes.guess_type(session.uri)[0] or "binary/octet-stream"
         created = await self._moto.call(
             self._moto.client.create_multipart_upload,
@@ -295,9 +303,18 @@ class S3Driver:
     def _refuse(self, request: web.Request) -> web.Response | None:
         """Return the S3 error for a request moto must not see, or None to forward it."""
         signature = request.query.get("X-Amz-Signature", "")
-        issued = self._issued.get(signature)
         if not signature:
             return xml_error(403, "AccessDenied", "Access Denied")
+        expires_at = _expires_at(request.query)
+        if expires_at is not None and self._clock() > expires_at:
+            return xml_error(
+                403,
+                "AccessDenied",
+                "Request has expired",
+                Expires=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at)),
+                ServerTime=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._clock())),
+            )
+        issued = self._issued.get(signature)
         if issued is None or issued != _Issued(
             request.method, request.path, tuple(sorted(request.query.items()))
         ):
@@ -306,16 +323,6 @@ class S3Driver:
                 "SignatureDoesNotMatch",
                 "The request signature we calculated does not match the signature you provided. "
                 "Check your key and signing method.",
-            )
-        signed_at = calendar.timegm(time.strptime(request.query["X-Amz-Date"], "%Y%m%dT%H%M%SZ"))
-        expires_at = signed_at + int(request.query["X-Amz-Expires"])
-        if self._clock() > expires_at:
-            return xml_error(
-                403,
-                "AccessDenied",
-                "Request has expired",
-                Expires=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at)),
-                ServerTime=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._clock())),
             )
         upload_id = request.query.get("uploadId")
         if upload_id is not None and upload_id not in self._live:
@@ -358,6 +365,18 @@ class S3Driver:
             await response.write_eof()
 
         return response
+
+
+def _expires_at(query: Mapping[str, str]) -> float | None:
+    """Return when a SigV4 presigned URL expires (``X-Amz-Date`` + ``X-Amz-Expires``).
+
+    None when the query does not say; such a URL was not presigned here.
+    """
+    try:
+        signed_at = calendar.timegm(time.strptime(query["X-Amz-Date"], "%Y%m%dT%H%M%SZ"))
+        return float(signed_at + int(query["X-Amz-Expires"]))
+    except (KeyError, ValueError):
+        return None
 
 
 def _error_code(exc: ClientError) -> str:
