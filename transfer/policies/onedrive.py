@@ -5,6 +5,9 @@ Every chunk is PUT to the session's single URL with
 Graph wants every fragment but the file's last to be a multiple of 320 KiB (327680 bytes). The
 session's ``chunk_size`` normally is one; when it is not, the writer warns once up front, sends the
 aligned part of each chunk and carries the remainder (less than 320 KiB) over to the next chunk.
+A carried tail lives only in this writer: if the process stops before the next chunk, Graph lacks
+bytes of an acknowledged chunk, the resumed upload finds that out from ``nextExpectedRanges`` and
+asks for a new session.
 
 A fragment Graph refuses as out of place (HTTP 416, ``fragmentOverlap``, ``invalidRange``) makes
 the writer ask the URL for ``nextExpectedRanges`` and realign: bytes Graph already has are
