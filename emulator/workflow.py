@@ -887,12 +887,12 @@ async def create_download(request: web.Request) -> web.Response:
     user = require_user(request)
     wf = _workflows(request)
     body = await read_json(request)
-    _require_permission(wf, user, PERM_REMOTE_DOWNLOAD, "download files")
     src = body.get("src") or []
     src_file = field_str(body, "src_file")
     dst = field_str(body, "dst", required=True)
     if not isinstance(src, list) or not all(isinstance(s, str) for s in src):
         raise errors.param_error()
+    _require_permission(wf, user, PERM_REMOTE_DOWNLOAD, "download files")
     if not src_file and not src:
         raise ApiError(errors.PARAM_ERR, "No source files")
     if src_file and src:
@@ -902,8 +902,12 @@ async def create_download(request: web.Request) -> web.Response:
     if limit > 0 and len(src) > limit:
         raise ApiError(BATCH_ARIA2_SIZE, "")
     if src_file:
-        # Workaround: torrents need a BitTorrent client; the task is created as CE does and
-        # then fails with a message naming the unsupported feature.
+        try:
+            await wf.drive.stat(user.id, src_file)
+        except ApiError as exc:
+            raise ApiError(exc.code, "Invalid source file") from exc
+        # Torrents need a BitTorrent client: the task is created as CE does, then ends error
+        # with a message naming the unsupported feature.
         src = [src_file]
     tasks = []
     for url in src:

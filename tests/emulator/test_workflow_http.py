@@ -600,3 +600,28 @@ async def test_s8_8_relocate_needs_flag_10(env: Env) -> None:
         json={"src": ["cloudreve://my"], "dst_policy_id": target.hash_id},
     )
     assert body["code"] == 40007
+
+
+@pytest.mark.anyio
+async def test_s8_2_torrent_source_is_accepted_then_fails_as_unsupported(env: Env) -> None:
+    """src_file must exist (inner code, msg "Invalid source file"); the task then ends error."""
+    api = env.admin
+    missing = await api.call(
+        "POST",
+        "/workflow/download",
+        json={"src_file": "cloudreve://my/none.torrent", "dst": "cloudreve://my"},
+    )
+    assert missing["code"] == 40016
+    assert missing["msg"] == "Invalid source file"
+
+    await api.put_file("cloudreve://my/t.torrent", b"d8:announce0:e")
+    [task] = await api.ok(
+        "POST",
+        "/workflow/download",
+        json={"src_file": "cloudreve://my/t.torrent", "dst": "cloudreve://my"},
+    )
+    assert task["summary"]["props"]["src"] == "cloudreve://my/t.torrent"
+    assert task["summary"]["props"]["src_str"] == ""
+    done = await api.wait_task(task["id"], "downloaded")
+    assert done["status"] == "error"
+    assert "torrent" in done["error"]
