@@ -262,8 +262,8 @@ async def _send(
                     await resp.write(piece[: max(0, budget - sent)])
                     _abort(request)
                     return resp
-                await resp.write(piece)
                 await st.faults.throttle(len(piece))
+                await resp.write(piece)
                 sent += len(piece)
                 remaining -= len(piece)
         if len(parts) > 1:
