@@ -175,28 +175,36 @@ class S3Driver:
 
     # -- presigning ---------------------------------------------------------------------------
 
-    def _presign(self, method: str, operation: str, params: dict[str, Any], ttl_s: int) -> str:
-        """Presign ``operation`` with boto3 and return the proxy URL for it."""
+    def _presign(self, operation: str, params: dict[str, Any], ttl_s: int) -> str:
+        """Presign ``operation`` with boto3 and return the proxy URL for it (any thread)."""
         raw = self._moto.client.generate_presigned_url(
             operation, Params={"Bucket": self.bucket, **params}, ExpiresIn=max(1, ttl_s)
         )
         parts = urlsplit(raw)
-        url = URL(f"{self._host.site_url}{self._prefix}{parts.path}?{parts.query}", encoded=True)
+
+        return f"{self._host.site_url}{self._prefix}{parts.path}?{parts.query}"
+
+    def _register(self, method: str, raw_url: str) -> str:
+        """Remember what a presigned URL signed, so the proxy accepts exactly that request.
+
+        Called on the event loop only: the proxy reads the same tables there.
+        """
+        url = URL(raw_url, encoded=True)
         signature = url.query["X-Amz-Signature"]
         self._issued[signature] = _Issued(method, url.path, tuple(sorted(url.query.items())))
         self._issued_expiry[signature] = _expires_at(url.query) or 0.0
 
-        return str(url)
+        return raw_url
 
     def _presign_session(self, session: UploadSessionInfo, upload_id: str) -> SessionCredentials:
         ttl = int(session.expires - self._clock())
         chunk = session_chunk_size(session.chunk_size, self.DEFAULT_CHUNK)
         common = {"Key": session.storage_key, "UploadId": upload_id}
         urls = tuple(
-            self._presign("PUT", "upload_part", {**common, "PartNumber": index + 1}, ttl)
+            self._presign("upload_part", {**common, "PartNumber": index + 1}, ttl)
             for index in range(len(chunk_lengths(session.size, chunk)))
         )
-        complete = self._presign("POST", "complete_multipart_upload", common, ttl)
+        complete = self._presign("complete_multipart_upload", common, ttl)
 
         return SessionCredentials(upload_id=upload_id, upload_urls=urls, complete_url=complete)
 
@@ -220,7 +228,12 @@ class S3Driver:
         self._uploads[session.session_id] = (session.storage_key, upload_id)
         self._live.add(upload_id)
 
-        return await anyio.to_thread.run_sync(self._presign_session, session, upload_id)
+        creds = await anyio.to_thread.run_sync(self._presign_session, session, upload_id)
+        for url in creds.upload_urls:
+            self._register("PUT", url)
+        self._register("POST", creds.complete_url)
+
+        return creds
 
     async def abort_session(self, session: UploadSessionInfo) -> None:
         """Abort the session's multipart upload; one already gone is not an error."""
@@ -266,7 +279,9 @@ class S3Driver:
             "ResponseContentDisposition": f"{kind}; filename*=UTF-8''{quote(name, safe='')}",
         }
 
-        return await anyio.to_thread.run_sync(self._presign, "GET", "get_object", params, ttl_s)
+        url = await anyio.to_thread.run_sync(self._presign, "get_object", params, ttl_s)
+
+        return self._register("GET", url)
 
     async def put_blob(self, storage_key: str, src: Path) -> None:
         """Upload a local file as the object ``storage_key``."""
