@@ -160,3 +160,23 @@ async def test_s5_11_folder_and_missing_file(caller: Caller) -> None:
 
     assert (await caller.thumb("cloudreve://my/dir"))["code"] == 40077
     assert (await caller.thumb("cloudreve://my/nope.png"))["code"] == 40016
+
+
+@pytest.mark.anyio
+async def test_s5_11_thumbnail_of_an_s3_policy_file(caller: Caller) -> None:
+    """An image stored by an s3 policy gets a thumbnail served from that storage."""
+    if "s3" not in caller.emu.state.drivers:
+        pytest.skip("no s3 driver in this emulator")
+    caller.emu.use_policy(OWNER, "/s3pics", "s3")
+    await caller.put_file("cloudreve://my/s3pics/wide.png", _png(800, 200))
+
+    body = await caller.thumb("cloudreve://my/s3pics/wide.png")
+    assert body["code"] == 0, body
+    async with caller.session.get(_plain_url(caller, body["data"])) as resp:
+        assert resp.status == 200
+        with Image.open(io.BytesIO(await resp.read())) as img:
+            assert img.size == (400, 100)
+    item = caller.emu.file(OWNER, "/s3pics/wide.png")
+    assert item is not None
+    thumbs = [e for e in caller.emu.store.entities(item.id) if e.type == 1]
+    assert [caller.emu.store.policy(e.policy_id).type for e in thumbs] == ["s3"]
