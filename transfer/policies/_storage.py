@@ -6,7 +6,8 @@ own formats, never in the Cloudreve envelope: S3 error XML, Graph error JSON, Qi
 one request through the writer's token-free session and turns every failure into a typed error:
 
 * 429 becomes :class:`~transfer.errors.RateLimited` (with ``Retry-After``);
-* 5xx, 408 and Qiniu's 599 become :class:`~transfer.errors.ServerError` (retryable);
+* 5xx (but Qiniu's 579 and 6xx), 408 and S3 ``RequestTimeout``/``SlowDown`` become
+  :class:`~transfer.errors.ServerError` (retryable);
 * an expired presigned URL, or a storage-side upload that no longer exists, becomes
   :class:`PartUrlExpired`: sending the same URL again cannot work, the upload driver must delete
   the Cloudreve session and open a new one;
@@ -62,9 +63,9 @@ _GONE_CODES = frozenset({"NoSuchUpload", "itemNotFound", "NoSuchUploadId"})
 _RETRYABLE_CODES = frozenset(
     {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "serviceNotAvailable"}
 )
-# Qiniu: 612 = no such upload (expired or completed), 599 = server error, retry.
+# Qiniu: 612 = no such upload (expired or completed); 579 = callback to Cloudreve failed.
 _QINIU_GONE = 612
-_QINIU_RETRY = 599
+_QINIU_CALLBACK_FAILED = 579
 
 
 class StorageError(ApiError):
@@ -180,6 +181,9 @@ def storage_error(resp: StorageResponse, method: str, url: str) -> ApiError:
         )
     if _is_expired(status, code, message) or code in _GONE_CODES or qiniu_code == _QINIU_GONE:
         return PartUrlExpired(status, status, text, request_id, method, where)
+    if qiniu_code is not None and (status == _QINIU_CALLBACK_FAILED or status >= 600):
+        # Qiniu's own statuses: 579 = stored but its callback to Cloudreve failed, 6xx = refused.
+        return StorageError(status, text, request_id=request_id, method=method, url=where)
     if status >= 500 or status == 408 or code in _RETRYABLE_CODES:
         return ServerError(status, status, text, request_id, method, where)
 
