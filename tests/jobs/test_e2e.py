@@ -1,0 +1,289 @@
+"""End to end: the `ferry` CLI as a subprocess against an in-process emulator on a real port."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from subprocess import DEVNULL
+
+import anyio
+import pytest
+
+from emulator.testing import EmulatorHandle, running_emulator
+
+pytestmark = pytest.mark.anyio
+
+EMAIL = "ferry@example.com"
+PASSWORD = "s3cret-Pa55word-xyzzy"
+CHUNK = 16 * 1024
+CHUNK_ROUTE = "/api/v4/file/upload/{id}/{index}"
+
+
+@asynccontextmanager
+async def emulator(tmp_path: Path, **opts: object) -> AsyncIterator[EmulatorHandle]:
+    async with running_emulator(tmp_path, users={EMAIL: PASSWORD}, chunk_size=CHUNK, **opts) as emu:
+        yield emu
+
+
+def write_config(tmp_path: Path, url: str, jobs: str) -> Path:
+    path = tmp_path / "ferry.toml"
+    path.write_text(
+        f"""
+[remotes.emu]
+url = "{url}"
+email = "{EMAIL}"
+password_env = "FERRY_E2E_PASSWORD"
+
+[state]
+path = "state"
+
+{jobs}
+"""
+    )
+    return path
+
+
+UPLOAD = """
+[[jobs]]
+name = "up"
+kind = "upload"
+source = "src"
+target = "emu:/backup"
+exclude = ["__pycache__/**"]
+transfers = 3
+"""
+
+DOWNLOAD = """
+[[jobs]]
+name = "down"
+kind = "download"
+source = "emu:/backup"
+target = "restore"
+"""
+
+MIRROR = """
+[[jobs]]
+name = "mirror"
+kind = "sync"
+mode = "mirror"
+source = "src"
+target = "emu:/backup"
+exclude = ["__pycache__/**"]
+max_delete = 2
+"""
+
+
+def make_tree(root: Path) -> dict[str, bytes]:
+    """Create a small tree with nested folders, odd names and an excluded folder."""
+    files = {
+        "a.txt": b"alpha\n",
+        "empty.dat": b"",
+        "100% & more+x.txt": b"percent",
+        "Track # 7.bin": os.urandom(3 * CHUNK),
+        "deep/er/Se\u0301ance.flac": os.urandom(CHUNK + 5),
+        "deep/big.bin": os.urandom(5 * CHUNK + 1),
+    }
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    (root / "__pycache__").mkdir()
+    (root / "__pycache__" / "x.pyc").write_bytes(b"compiled")
+    return files
+
+
+async def ferry(
+    config: Path, *args: str, password: str = PASSWORD, verbose: bool = False
+) -> subprocess.CompletedProcess[bytes]:
+    """Run `python -m jobs` with the password in the environment, never in argv."""
+    env = {**os.environ, "FERRY_E2E_PASSWORD": password}
+    flags = ["-v"] if verbose else []
+    command = [sys.executable, "-m", "jobs", *flags, args[0], str(config), *args[1:]]
+    return await anyio.run_process(command, env=env, check=False, cwd=config.parent)
+
+
+async def wait_for_chunks(emu: EmulatorHandle, count: int) -> None:
+    """Wait until the emulator has seen ``count`` chunk requests."""
+    with anyio.fail_after(30):
+        for _ in itertools.count():
+            if emu.requests.count("POST", CHUNK_ROUTE) >= count:
+                return
+            await anyio.sleep(0.02)
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+async def test_upload_download_roundtrip_and_rerun_transfers_nothing(tmp_path: Path) -> None:
+    """An upload then a download give back the tree byte for byte; re-runs move nothing."""
+    files = make_tree(tmp_path / "src")
+    async with emulator(tmp_path) as emu:
+        config = write_config(tmp_path, emu.url, UPLOAD + DOWNLOAD)
+        first = await ferry(config, "run", "--job", "up")
+        assert first.returncode == 0, first.stderr.decode()
+        assert emu.file(EMAIL, "/backup/__pycache__") is None
+        chunks = emu.requests.count("POST", CHUNK_ROUTE)
+
+        again = await ferry(config, "run", "--job", "up")
+        assert again.returncode == 0, again.stderr.decode()
+        assert emu.requests.count("POST", CHUNK_ROUTE) == chunks
+        assert emu.requests.count("PUT", "/api/v4/file/upload") == len(files)
+        assert b"0 file(s) / 0 B transferred, 6 unchanged" in again.stdout
+
+        down = await ferry(config, "run", "--job", "down")
+        assert down.returncode == 0, down.stderr.decode()
+        restored = tree_bytes(tmp_path / "restore")
+        assert restored == {k.replace("Se\u0301", "S\u00e9"): v for k, v in files.items()}
+
+        down_again = await ferry(config, "run", "--job", "down")
+        assert down_again.returncode == 0
+        assert b"0 file(s) / 0 B transferred" in down_again.stdout
+
+
+async def test_mirror_deletes_only_what_the_source_lacks_within_max_delete(tmp_path: Path) -> None:
+    """A mirror run deletes remote extras after an error-free run, never more than max_delete."""
+    make_tree(tmp_path / "src")
+    async with emulator(tmp_path) as emu:
+        config = write_config(tmp_path, emu.url, MIRROR)
+        assert (await ferry(config, "run")).returncode == 0
+        (tmp_path / "src" / "a.txt").unlink()
+        plan = await ferry(config, "plan", "--job", "mirror")
+        assert plan.returncode == 0
+        assert b"a.txt -> /backup/a.txt [not_in_source]" in plan.stdout
+        assert emu.file(EMAIL, "/backup/a.txt") is not None
+
+        done = await ferry(config, "run")
+        assert done.returncode == 0, done.stderr.decode()
+        assert emu.file(EMAIL, "/backup/a.txt") is None
+        assert b"1 deleted" in done.stdout
+
+        for rel in ("Track # 7.bin", "empty.dat", "deep/big.bin"):
+            (tmp_path / "src" / rel).unlink()
+        refused = await ferry(config, "run")
+        assert refused.returncode == 1
+        assert emu.file(EMAIL, "/backup/empty.dat") is not None
+        assert b"deletes_refused" in refused.stderr
+
+
+async def test_sigkill_mid_upload_resumes_resending_at_most_chunks_in_flight(
+    tmp_path: Path,
+) -> None:
+    """After kill -9 mid-upload the next run resumes; only chunks in flight are sent twice."""
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(40 * CHUNK + 123)
+    (src / "big.bin").write_bytes(data)
+    async with emulator(tmp_path) as emu:
+        config = write_config(tmp_path, emu.url, UPLOAD)
+        emu.faults.add(method="POST", path=CHUNK_ROUTE, nth=1, times=10_000, delay_s=0.05)
+        env = {**os.environ, "FERRY_E2E_PASSWORD": PASSWORD}
+        command = [sys.executable, "-m", "jobs", "run", str(config)]
+        async with await anyio.open_process(
+            command, env=env, stdout=DEVNULL, stderr=DEVNULL
+        ) as proc:
+            await wait_for_chunks(emu, 12)
+            proc.send_signal(signal.SIGKILL)
+            assert await proc.wait() == -signal.SIGKILL
+        sent_before = emu.requests.count("POST", CHUNK_ROUTE)
+        emu.faults.clear()
+
+        resumed = await ferry(config, "run")
+        assert resumed.returncode == 0, resumed.stderr.decode()
+        total = emu.requests.count("POST", CHUNK_ROUTE)
+        chunks = 41
+        assert sent_before < chunks
+        # Each chunk once, plus at most the chunks that were in flight at the kill (1 per file).
+        assert chunks <= total <= chunks + 1
+        (tmp_path / "dl").mkdir()
+        download = await ferry(write_config(tmp_path / "dl", emu.url, DOWNLOAD), "run")
+        assert download.returncode == 0, download.stderr.decode()
+        assert tree_bytes(tmp_path / "dl" / "restore") == {"big.bin": data}
+
+
+async def test_second_concurrent_run_of_a_job_exits_4(tmp_path: Path) -> None:
+    """While a run holds the job lock, a second run of the same job exits 4 at once."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "slow.bin").write_bytes(os.urandom(6 * CHUNK))
+    async with emulator(tmp_path) as emu:
+        config = write_config(tmp_path, emu.url, UPLOAD)
+        emu.faults.add(method="POST", path=CHUNK_ROUTE, nth=1, times=10_000, delay_s=0.5)
+        env = {**os.environ, "FERRY_E2E_PASSWORD": PASSWORD}
+        command = [sys.executable, "-m", "jobs", "run", str(config)]
+        async with await anyio.open_process(
+            command, env=env, stdout=DEVNULL, stderr=DEVNULL
+        ) as first:
+            await wait_for_chunks(emu, 2)
+            second = await ferry(config, "run")
+            assert second.returncode == 4, (second.stdout + second.stderr).decode()
+            assert b"already running" in second.stderr
+            emu.faults.clear()
+            assert await first.wait() == 0
+
+
+async def test_sigterm_saves_state_exits_143_and_next_run_resumes(tmp_path: Path) -> None:
+    """SIGTERM stops the run with exit 143 and the run recorded; the next run completes it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(30 * CHUNK))
+    async with emulator(tmp_path) as emu:
+        config = write_config(tmp_path, emu.url, UPLOAD)
+        emu.faults.add(method="POST", path=CHUNK_ROUTE, nth=1, times=10_000, delay_s=0.05)
+        env = {**os.environ, "FERRY_E2E_PASSWORD": PASSWORD}
+        command = [sys.executable, "-m", "jobs", "run", str(config)]
+        async with await anyio.open_process(
+            command, env=env, stdout=DEVNULL, stderr=DEVNULL
+        ) as proc:
+            await wait_for_chunks(emu, 5)
+            proc.send_signal(signal.SIGTERM)
+            with anyio.fail_after(20):
+                assert await proc.wait() == 143
+        emu.faults.clear()
+        history = await ferry(config, "history")
+        assert b"interrupted" in history.stdout
+        resumed = await ferry(config, "run")
+        assert resumed.returncode == 0, resumed.stderr.decode()
+        assert emu.requests.count("POST", CHUNK_ROUTE) <= 30 + 1
+
+
+async def test_exit_codes_for_auth_failure_unreachable_server_and_limit(tmp_path: Path) -> None:
+    """Wrong password exits 3, an unreachable server 6, a max_transfer cap 5."""
+    make_tree(tmp_path / "src")
+    async with emulator(tmp_path) as emu:
+        config = write_config(tmp_path, emu.url, UPLOAD)
+        wrong = await ferry(config, "run", password="not-the-password")
+        assert wrong.returncode == 3, wrong.stderr.decode()
+
+        limited = write_config(tmp_path, emu.url, UPLOAD + 'max_transfer = "20KiB"\n')
+        capped = await ferry(limited, "run")
+        assert capped.returncode == 5, capped.stderr.decode()
+        assert b"max_transfer reached" in capped.stdout
+
+    dead = write_config(tmp_path, "http://127.0.0.1:9", UPLOAD)
+    unreachable = await ferry(dead, "run")
+    assert unreachable.returncode == 6, unreachable.stderr.decode()
+
+
+async def test_secrets_never_reach_output(tmp_path: Path) -> None:
+    """Across validate, plan, run (verbose) and status the password is never printed."""
+    make_tree(tmp_path / "src")
+    async with emulator(tmp_path) as emu:
+        config = write_config(tmp_path, emu.url, UPLOAD)
+        outputs = [
+            await ferry(config, "validate"),
+            await ferry(config, "plan", "--job", "up"),
+            await ferry(config, "run", verbose=True),
+            await ferry(config, "status"),
+            await ferry(config, "history"),
+        ]
+    for done in outputs:
+        assert done.returncode == 0, done.stderr.decode()
+        assert PASSWORD.encode() not in done.stdout + done.stderr
+    assert b"event" in outputs[2].stderr
