@@ -20,6 +20,7 @@ from typing import Any
 from emulator.testing import EmulatorHandle
 from transfer import (
     Drive,
+    Pacer,
     PacerConfig,
     RemoteConfig,
     SavedUpload,
@@ -100,7 +101,7 @@ async def connected(
     tmp_path: Path,
     *,
     email: str | None = None,
-    pacer: PacerConfig | None = None,
+    pacer: PacerConfig | Pacer | None = None,
     transfer: TransferConfig | None = None,
     **connect_kw: Any,
 ) -> AsyncIterator[Drive]:

@@ -221,3 +221,35 @@ async def test_br11_orphan_placeholder_of_our_session_is_cleaned_once(
         listing = await drive.list("/o")
     assert entry.size == CHUNK + 1
     assert [(e.name, e.uploading) for e in listing] == [("draft.bin", False)]
+
+
+@pytest.mark.anyio
+async def test_s6_9_lost_answer_to_completing_chunk_is_checked_not_failed(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """The completing chunk's answer is lost; its retry gets 40011 and file info shows success."""
+    src = _file(tmp_path, "done.bin", 2 * CHUNK)
+    emu.faults.fail("POST", CHUNK_ROUTE, nth=2, cut_response_after=0)
+    async with connected(emu, tmp_path) as drive:
+        entry = await drive.upload(
+            src, "/c/done.bin", overwrite=False, journal=MemoryJournal(), key="k"
+        )
+    assert entry.size == 2 * CHUNK
+    assert not entry.uploading
+    assert _indices(emu)[:2] == [0, 1]
+    assert emu.requests.count("PUT", "/api/v4/file/upload") == 1
+
+
+@pytest.mark.anyio
+async def test_s6_4_parallel_chunks_up_to_policy_concurrency(tmp_path: Path) -> None:
+    """With chunk_concurrency 3 a 7-chunk file arrives whole; every index is sent once."""
+    async with running_emulator(tmp_path, chunk_size=CHUNK, chunk_concurrency=3) as emu:
+        src = _file(tmp_path, "par.bin", 7 * CHUNK - 1)
+        async with connected(emu, tmp_path) as drive:
+            entry = await drive.upload(
+                src, "/p/par.bin", overwrite=False, journal=MemoryJournal(), key="k"
+            )
+            out = tmp_path / "par.out"
+            await drive.download(entry, out)
+        assert sorted(_indices(emu)) == list(range(7))
+        assert out.read_bytes() == src.read_bytes()

@@ -1,0 +1,122 @@
+"""Auth (contract 2, BR-15): sign-in, 2FA, token cache, refresh, re-login, sign-out, secrets."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pyotp
+import pytest
+from structlog.testing import capture_logs
+
+from emulator.testing import EmulatorHandle, running_emulator
+from tests.transfer.roundtrip import MemoryJournal, connected, remote_config
+from transfer import AuthError, PacerConfig
+
+TOKEN_ROUTE = "/api/v4/session/token"
+REFRESH_ROUTE = "/api/v4/session/token/refresh"
+
+
+@pytest.mark.anyio
+async def test_s2_1_wrong_password_is_fatal_auth_error_without_retries(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """40080 raises a fatal AuthError after exactly one sign-in request; no secret in its text."""
+    remote = remote_config(emu)
+    bad = type(remote)(url=remote.url, email=remote.email, password="wrong-secret-pw")
+    with pytest.raises(AuthError) as info:
+        async with connected(emu, tmp_path, remote=bad):
+            pass
+    assert info.value.fatal
+    assert info.value.code == 40080
+    assert "wrong-secret-pw" not in str(info.value)
+    assert "wrong-secret-pw" not in repr(bad)
+    assert emu.requests.count("POST", TOKEN_ROUTE) == 1
+
+
+@pytest.mark.anyio
+async def test_s2_1_two_factor_sign_in_with_totp_secret(tmp_path: Path) -> None:
+    """A 203 challenge is answered with the TOTP of the configured secret."""
+    secret = pyotp.random_base32()
+    async with running_emulator(tmp_path, totp_secrets={"admin@example.com": secret}) as emu:
+        async with connected(
+            emu, tmp_path, remote=remote_config(emu, "admin@example.com", totp_secret=secret)
+        ) as drive:
+            assert (await drive.capacity()).total > 0
+        assert emu.requests.count("POST", "/api/v4/session/token/2fa") == 1
+        with pytest.raises(AuthError, match="totp_secret"):
+            async with connected(
+                emu, tmp_path / "other", remote=remote_config(emu, "admin@example.com")
+            ):
+                pass
+
+
+@pytest.mark.anyio
+async def test_s2_token_cache_is_0600_and_reused(emu: EmulatorHandle, tmp_path: Path) -> None:
+    """Tokens land in a 0600 file; a second connect signs in no more."""
+    async with connected(emu, tmp_path) as drive:
+        cache = drive.client.token_cache
+        await drive.capacity()
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+    assert emu.users[next(iter(emu.users))] not in cache.read_text()
+    async with connected(emu, tmp_path) as drive:
+        await drive.capacity()
+    assert emu.requests.count("POST", TOKEN_ROUTE) == 1
+
+
+@pytest.mark.anyio
+async def test_s2_3_rejected_refresh_token_leads_to_a_new_sign_in(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """A 401 triggers a refresh; a 40020 refresh answer triggers one password sign-in."""
+    async with connected(emu, tmp_path) as drive:
+        emu.faults.expire_tokens()
+        emu.faults.fail("POST", REFRESH_ROUTE, code=40020, msg="Credential invalid")
+        capacity = await drive.capacity()
+    assert capacity.total > 0
+    assert emu.requests.count("POST", REFRESH_ROUTE) == 1
+    assert emu.requests.count("POST", TOKEN_ROUTE) == 2
+
+
+@pytest.mark.anyio
+async def test_br15_refresh_rejected_and_sign_in_failing_stops_every_worker(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """When refresh and sign-in both fail, calls end in AuthError with bounded requests."""
+    async with connected(emu, tmp_path, pacer=PacerConfig(min_sleep_s=0.0)) as drive:
+        emu.faults.expire_tokens()
+        emu.faults.fail("POST", REFRESH_ROUTE, code=40020, times=10)
+        emu.faults.fail("POST", TOKEN_ROUTE, code=40080, times=10)
+        with pytest.raises(AuthError):
+            await drive.capacity()
+    assert emu.requests.count("POST", REFRESH_ROUTE) == 1
+    assert emu.requests.count("POST", TOKEN_ROUTE) == 2
+
+
+@pytest.mark.anyio
+async def test_s2_sign_out_revokes_and_forgets_tokens(emu: EmulatorHandle, tmp_path: Path) -> None:
+    """sign_out calls DELETE /session/token and removes the cache file."""
+    async with connected(emu, tmp_path) as drive:
+        cache = drive.client.token_cache
+        await drive.sign_out()
+    assert not cache.exists()
+    assert emu.requests.count("DELETE", TOKEN_ROUTE) == 1
+
+
+@pytest.mark.anyio
+async def test_secrets_never_reach_logs(emu: EmulatorHandle, tmp_path: Path) -> None:
+    """No log event carries the password or a token, through sign-in, upload and refresh."""
+    src = tmp_path / "s.bin"
+    src.write_bytes(b"x" * 100)
+    with capture_logs() as events:
+        async with connected(emu, tmp_path) as drive:
+            await drive.upload(src, "/s/s.bin", overwrite=False, journal=MemoryJournal(), key="k")
+            emu.faults.expire_tokens()
+            await drive.capacity()
+            token = drive.client._token
+    assert token is not None
+    text = repr(events)
+    assert emu.users[next(iter(emu.users))] not in text
+    assert token.access_token not in text
+    assert token.refresh_token not in text
+    assert token.access_token not in repr(token)
