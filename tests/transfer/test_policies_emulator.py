@@ -156,3 +156,35 @@ async def test_br06_zero_byte_file_on_onedrive_takes_the_non_session_path(
         assert emu.requests.count("PUT", "/storage/onedrive/*") == 0
         assert emu.requests.count("PUT", "/api/v4/file/content") == 1
         assert emu.requests.count("DELETE", "/api/v4/file/upload") == 1
+
+
+EXPIRED_XML = (
+    "<?xml version='1.0' encoding='UTF-8'?>\n<Error><Code>AccessDenied</Code>"
+    "<Message>Request has expired</Message><RequestId>r1</RequestId></Error>"
+)
+
+
+async def test_br30_expired_part_url_opens_a_new_session_through_drive_upload(
+    tmp_path: Path,
+) -> None:
+    """Part 2 answered 403 "Request has expired": the dead URL is not retried, Drive.upload
+    deletes the session, opens a new one with fresh URLs and finishes the file."""
+    async with running_emulator(tmp_path, policy="s3", chunk_size=CHUNK) as emu:
+        emu.faults.add(
+            method="PUT", path="/storage/s3/*", nth=2, times=1, status=403, html=EXPIRED_XML
+        )
+
+        await roundtrip(emu, tmp_path, BIG)
+
+        sessions = emu.requests.param_values("PUT", "/storage/s3/*", "uploadId")
+        first, *rest = dict.fromkeys(sessions)
+        assert rest, "a second multipart upload (new session) was used"
+        parts_of_first = [
+            r.query["partNumber"]
+            for r in emu.requests.matching("PUT", "/storage/s3/*")
+            if r.query["uploadId"] == first
+        ]
+        assert len(parts_of_first) == len(set(parts_of_first)), "no URL of the dead session retried"
+        assert emu.requests.count("DELETE", "/api/v4/file/upload") == 1
+        assert emu.requests.count("PUT", "/api/v4/file/upload") == 2
+        assert emu.requests.count("GET", "/api/v4/callback/s3/*") == 1
