@@ -39,7 +39,7 @@ from emulator.core import (
 )
 from emulator.errors import ApiError
 from emulator.session import require_user
-from emulator.store import FILE, FileRow, Store, User, my_uri, parse_uri
+from emulator.store import FILE, Entity, FileRow, Store, User, my_uri, parse_uri
 from emulator.tasks import Clock, Progress, RetryPolicy, Task, TaskFailed, TaskRunner, TaskStatus
 
 log = structlog.get_logger("emulator.workflow")
@@ -91,6 +91,10 @@ class Drive(Protocol):
 
     async def walk(self, user_id: int, uri: str) -> list[tuple[str, Entry]]:
         """Return every entry below the folder ``uri`` with its relative path, parents first."""
+        ...
+
+    async def pending_entities(self, user_id: int, uri: str, policy_id: str) -> int:
+        """How many entities of the file are not yet stored by the policy."""
         ...
 
     async def relocate_file(self, user_id: int, uri: str, policy_id: str) -> int:
@@ -609,43 +613,56 @@ class RelocateJob:
     dst_policy_id: str
     type: str = "relocate"
     failed: int = 0
-    files: list[str] = field(default_factory=list)
+    files: list[tuple[str, int]] = field(default_factory=list)
+    done: int = 0
 
     async def step(self, task: Task) -> TaskStatus:
-        """Index the files below the sources, then move their blobs one by one."""
+        """Index the entities below the sources, then move them file by file.
+
+        Progress ``relocate`` counts entities (done / total).
+        """
         if task.phase == "":
             self.files = await self._index()
-            task.progress["relocate"] = Progress(total=len(self.files))
+            task.progress["relocate"] = Progress(total=sum(n for _, n in self.files))
             task.phase = "transfer"
             task.resume_after(self.clock.now(), 0)
             return TaskStatus.SUSPENDING
-        progress = task.progress.setdefault("relocate", Progress(total=len(self.files)))
-        for uri in self.files[progress.current :]:
+        progress = task.progress.setdefault("relocate", Progress())
+        for uri, pending in self.files[self.done :]:
             try:
-                await self.drive.relocate_file(self.owner_id, uri, self.dst_policy_id)
+                progress.current += await self.drive.relocate_file(
+                    self.owner_id, uri, self.dst_policy_id
+                )
             except ApiError as exc:
                 self.failed += 1
+                progress.current += pending
                 log.warning("relocate_file_failed", uri=uri, api_code=exc.code)
-            progress.current += 1
+            self.done += 1
         task.phase = "finish"
         if self.failed:
             raise TaskFailed(f"failed to relocate {self.failed} file(s)", critical=True)
         return TaskStatus.COMPLETED
 
-    async def _index(self) -> list[str]:
-        files: list[str] = []
+    async def _index(self) -> list[tuple[str, int]]:
+        """Every file below the sources with its number of entities still to move."""
+        uris: list[str] = []
         for uri in self.sources:
             try:
                 entry = await self.drive.stat(self.owner_id, uri)
             except ApiError as exc:
                 raise TaskFailed(f"failed to index {uri}: {exc.msg}", critical=True) from exc
             if not entry.is_folder:
-                files.append(entry.uri)
+                uris.append(entry.uri)
                 continue
-            files.extend(
+            uris.extend(
                 e.uri for _, e in await self.drive.walk(self.owner_id, uri) if not e.is_folder
             )
-        return files
+        found = []
+        for uri in uris:
+            pending = await self.drive.pending_entities(self.owner_id, uri, self.dst_policy_id)
+            if pending:
+                found.append((uri, pending))
+        return found
 
     def summary_props(self, task: Task) -> dict[str, object]:
         """``src_multiple``, ``dst_policy_id`` and ``failed`` (8.8)."""
@@ -725,6 +742,18 @@ class StoreDrive:
             return []
         return [(p.lstrip("/"), self._entry(f)) for p, f in self.store.walk(folder, "/")]
 
+    def _movable(self, item: FileRow, policy_id: int) -> list[Entity]:
+        return [
+            e
+            for e in self.store.entities(item.id)
+            if e.policy_id != policy_id and not e.upload_session_id
+        ]
+
+    async def pending_entities(self, user_id: int, uri: str, policy_id: str) -> int:
+        """How many finished entities of the file another policy stores."""
+        target = _decode_id(policy_id, hashids.POLICY)
+        return len(self._movable(self.store.resolve(user_id, self._path(uri)), target))
+
     async def relocate_file(self, user_id: int, uri: str, policy_id: str) -> int:
         """Copy each entity of the file to the policy as a new entity and drop the old one.
 
@@ -733,9 +762,7 @@ class StoreDrive:
         policy = self.store.policy(_decode_id(policy_id, hashids.POLICY))
         item = self.store.resolve(user_id, self._path(uri))
         moved = 0
-        for ent in self.store.entities(item.id):
-            if ent.policy_id == policy.id or ent.upload_session_id:
-                continue
+        for ent in self._movable(item, policy.id):
             tmp = self.temp_root / f"relocate-{ent.id}"
             tmp.parent.mkdir(parents=True, exist_ok=True)
             try:

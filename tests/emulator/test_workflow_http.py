@@ -570,6 +570,12 @@ async def test_s8_8_relocate_moves_bytes_and_kills_old_urls(env: Env, route: str
     target = policy_by_type(st, "s3") if "s3" in st.drivers else policy_by_type(st, "remote")
     data = bytes(range(200)) * 50
     uri = f"cloudreve://my/reloc-{route}/a.bin"
+    await api.ok(
+        "PATCH",
+        "/user/setting",
+        json={"version_retention_enabled": True, "version_retention_max": 5},
+    )
+    await api.put_file(uri, b"first version")
     await api.put_file(uri, data)
     old = (await api.ok("POST", "/file/url", json={"uris": [uri]}))["urls"][0]["url"]
 
@@ -587,6 +593,10 @@ async def test_s8_8_relocate_moves_bytes_and_kills_old_urls(env: Env, route: str
         assert resp.status == 404
     info = await api.ok("GET", "/file/info", params={"uri": uri, "extended": "true"})
     assert info["extended_info"]["storage_policy"]["id"] == target.hash_id
+    versions = info["extended_info"]["entities"]
+    assert len(versions) == 2
+    assert {v["storage_policy"]["id"] for v in versions} == {target.hash_id}
+    assert await api.ok("GET", f"/workflow/progress/{task['id']}") == {}
     assert await api.read_file(uri) == data
 
 

@@ -17,6 +17,7 @@ from emulator.workflow import (
     CreateArchiveJob,
     Entry,
     ExtractArchiveJob,
+    RelocateJob,
     RemoteDownloadJob,
     join_uri,
     sanitize_file_name,
@@ -62,8 +63,11 @@ class MemoryDrive:
         found = sorted(u for u in (*self.files, *self.folders) if u.startswith(prefix))
         return [(u[len(prefix) :], self._entry(u)) for u in found]
 
+    async def pending_entities(self, user_id: int, uri: str, policy_id: str) -> int:
+        return 1
+
     async def relocate_file(self, user_id: int, uri: str, policy_id: str) -> int:
-        return 0
+        return 1
 
 
 PAYLOAD = bytes(range(256)) * 64  # 16 KiB
@@ -289,3 +293,45 @@ async def test_s8_7_extract_over_the_decompress_limit_ends_error(tmp_path: Path)
 
     assert "exceeds the limit 100" in task.error
     assert "cloudreve://my/big.bin" not in drive.files
+
+
+class SlowRelocateDrive(MemoryDrive):
+    """Every file has two entities to move; each move takes 50 ms."""
+
+    async def pending_entities(self, user_id: int, uri: str, policy_id: str) -> int:
+        return 2
+
+    async def relocate_file(self, user_id: int, uri: str, policy_id: str) -> int:
+        if uri.endswith("bad.bin"):
+            raise ApiError(40077, "Entity not exist")
+        await anyio.sleep(0.05)
+        return 2
+
+
+@pytest.mark.anyio
+async def test_s8_8_relocate_progress_counts_entities() -> None:
+    """Progress "relocate" runs over entities; a failing file counts in failed and ends error."""
+    drive = SlowRelocateDrive()
+    drive.folders.add("cloudreve://my/r")
+    for name in ("a.bin", "b.bin", "bad.bin"):
+        drive.files[f"cloudreve://my/r/{name}"] = b"x"
+    async with TaskRunner.open(retry=FAST) as runner:
+        job = RelocateJob(
+            drive=drive, clock=runner.clock, owner_id=1, sources=[ROOT + "/r"], dst_policy_id="p"
+        )
+        task = runner.submit(1, job)
+        samples: list[tuple[int, int]] = []
+        with anyio.fail_after(5):
+            while True:
+                if task.status.finished:
+                    break
+                if "relocate" in task.progress:
+                    p = task.progress["relocate"]
+                    samples.append((p.current, p.total))
+                await anyio.sleep(0.01)
+
+    assert task.status is TaskStatus.ERROR
+    assert {total for _, total in samples} == {6}
+    assert any(0 < current < 6 for current, _ in samples)
+    assert task.to_json(str)["summary"]["props"]["failed"] == 1  # type: ignore[index]
+    assert "failed to relocate 1 file(s)" in task.error
