@@ -9,6 +9,7 @@ store operations they need, so they run the same against the emulator's store an
 from __future__ import annotations
 
 import base64
+import codecs
 import json
 import shutil
 import time
@@ -467,6 +468,7 @@ class ExtractArchiveJob:
     temp_dir: Path
     decompress_limit: int = 0
     file_mask: list[str] = field(default_factory=list)
+    encoding: str = ""
     type: str = "extract_archive"
     failed: int = 0
     processed: set[str] = field(default_factory=set)
@@ -493,13 +495,23 @@ class ExtractArchiveJob:
             await self.drive.read_file(self.owner_id, self.src, local)
             task.progress.pop("download")
         try:
-            with zipfile.ZipFile(local) as zf:
+            with zipfile.ZipFile(local, metadata_encoding=self._name_encoding()) as zf:
                 await self._extract(task, zf)
         except zipfile.BadZipFile as exc:
             raise TaskFailed(
                 f"failed to identify archive format: {exc} (non-retryable error)", critical=True
             ) from exc
         return TaskStatus.COMPLETED
+
+    def _name_encoding(self) -> str | None:
+        """The requested encoding of member names, or None (UTF-8 flag / CP437) when unknown."""
+        if not self.encoding:
+            return None
+        try:
+            return codecs.lookup(self.encoding).name
+        except LookupError:
+            log.warning("extract_encoding_unknown", encoding=self.encoding)
+            return None
 
     async def _extract(self, task: Task, zf: zipfile.ZipFile) -> None:
         members = zf.infolist()
@@ -521,8 +533,13 @@ class ExtractArchiveJob:
             if info.is_dir():
                 await self.drive.create_folder(self.owner_id, target)
             else:
-                with zf.open(info) as src, blob.open("wb") as out:
-                    shutil.copyfileobj(src, out)
+                try:
+                    with zf.open(info) as src, blob.open("wb") as out:
+                        shutil.copyfileobj(src, out)
+                except RuntimeError as exc:
+                    # CE passes no password to zip extraction: encrypted members are skipped.
+                    log.warning("extract_member_skipped", member=raw, reason=str(exc))
+                    continue
                 try:
                     await self.drive.put_file(self.owner_id, target, blob)
                 except ApiError as exc:
@@ -1104,6 +1121,7 @@ async def create_extract(request: web.Request) -> web.Response:
         temp_dir=wf.temp_dir(),
         decompress_limit=wf.settings.decompress_size,
         file_mask=list(mask),
+        encoding=field_str(body, "encoding"),
     )
     return ok(_task_json(wf.runner.submit(user.id, job)))
 

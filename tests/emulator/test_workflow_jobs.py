@@ -335,3 +335,47 @@ async def test_s8_8_relocate_progress_counts_entities() -> None:
     assert any(0 < current < 6 for current, _ in samples)
     assert task.to_json(str)["summary"]["props"]["failed"] == 1  # type: ignore[index]
     assert "failed to relocate 1 file(s)" in task.error
+
+
+def _gbk_zip() -> bytes:
+    """A zip whose member names are GBK bytes without the UTF-8 flag (as Windows tools write)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("abcd.txt", b"gbk")
+        zf.writestr("keep/x.txt", b"x")
+        zf.writestr("drop/y.txt", b"y")
+    return buf.getvalue().replace(b"abcd.txt", "中文.txt".encode("gbk"))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("encoding", "mask", "expected"),
+    [
+        ("gbk", [], {"中文.txt", "keep/x.txt", "drop/y.txt"}),
+        ("gbk", ["keep"], {"keep/x.txt"}),
+        ("no-such-codec", ["keep/x.txt"], {"keep/x.txt"}),
+    ],
+)
+async def test_s8_7_extract_honours_encoding_and_file_mask(
+    tmp_path: Path, encoding: str, mask: list[str], expected: set[str]
+) -> None:
+    """Names decode with the requested encoding; only masked paths are extracted."""
+    drive = MemoryDrive()
+    drive.files["cloudreve://my/w.zip"] = _gbk_zip()
+    drive.folders.add("cloudreve://my/x")
+    async with TaskRunner.open(retry=FAST) as runner:
+        job = ExtractArchiveJob(
+            drive=drive,
+            clock=runner.clock,
+            owner_id=1,
+            src="cloudreve://my/w.zip",
+            dst="cloudreve://my/x",
+            temp_dir=tmp_path / "e",
+            file_mask=mask,
+            encoding=encoding,
+        )
+        task = runner.submit(1, job)
+        assert await _finished(task) is TaskStatus.COMPLETED
+
+    got = {u.removeprefix("cloudreve://my/x/") for u in drive.files if u.startswith(ROOT + "/x/")}
+    assert got == {join_uri("", p).lstrip("/") for p in expected}
