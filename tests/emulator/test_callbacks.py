@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+import anyio
 import pytest
 from aiohttp import web
 
@@ -55,10 +56,10 @@ class FakeS3:
         return f"{self.host.site_url}/fake-get/{storage_key}"
 
     async def put_blob(self, storage_key: str, src: Path) -> None:
-        self.objects[storage_key] = src.read_bytes()
+        self.objects[storage_key] = await anyio.Path(src).read_bytes()
 
     async def fetch_blob(self, storage_key: str, dst: Path) -> None:
-        dst.write_bytes(self.objects[storage_key])
+        await anyio.Path(dst).write_bytes(self.objects[storage_key])
 
     async def delete_blob(self, storage_key: str) -> None:
         self.objects.pop(storage_key, None)
