@@ -196,7 +196,7 @@ class UpyunDriver:
             if not isinstance(part, BodyPartReader):
                 raise _FormRefused(upyun_error(400, 40000001, "nested forms are not accepted"))
             if part.name != "file":
-                fields[part.name or ""] = (await part.read(decode=False))[:MAX_FIELD].decode()
+                fields[part.name or ""] = await _read_field(part)
                 continue
             policy = self._policy(fields)
             low, _, high = str(policy.get("content-length-range", "0,")).partition(",")
@@ -246,3 +246,18 @@ class UpyunDriver:
         except CallbackFailed as exc:
             # Upyun's notification is asynchronous: the uploader is not told it failed.
             log.warning("storage_callback_failed", policy=self.type, api_code=exc.code)
+
+
+async def _read_field(part: BodyPartReader) -> str:
+    """Read a small form field.
+
+    ``BodyPartReader.read`` is not used: it enforces the app's ``client_max_size``, which the
+    emulator sets to 0 because bodies stream.
+    """
+    data = bytearray()
+    while block := await part.read_chunk(MAX_FIELD):
+        data += block
+        if len(data) > MAX_FIELD:
+            raise _FormRefused(upyun_error(400, 40000001, f"form field {part.name} is too large"))
+
+    return data.decode(errors="replace")

@@ -160,7 +160,8 @@ async def running_storage(tmp_path: Path) -> AsyncIterator[StorageEnv]:
     host = FakeHost()
     clock = FakeClock()
     async with open_drivers(host, tmp_path / "data", clock=clock) as drivers:
-        app = web.Application(client_max_size=1 << 30)
+        # As in the emulator's own app: bodies stream, nothing may be read whole.
+        app = web.Application(client_max_size=0)
         for driver in drivers.values():
             app.add_routes(list(driver.routes()))
         app.add_routes([make_callback_route(host, drivers)])

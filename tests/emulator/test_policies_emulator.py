@@ -102,3 +102,19 @@ async def test_s6_3_oss_storage_callback_completes_in_the_emulator(tmp_path: Pat
             assert resp.status == 200, await resp.text()
         assert await file_size(api, uri) == (len(data), {})
         assert await api.download(uri) == data
+
+
+async def test_s6_3_upyun_form_upload_through_the_emulator(tmp_path: Path) -> None:
+    """Upyun: one form POST (file last) in the real app (client_max_size 0) completes the file."""
+    data = payload(70_000)
+    uri = "cloudreve://my/upyun/d.bin"
+    async with emulator_for(tmp_path, "upyun") as (_, api):
+        sess = await create(api, uri, len(data))
+        form = aiohttp.FormData()
+        form.add_field("policy", sess["upload_policy"])
+        form.add_field("authorization", sess["credential"])
+        form.add_field("file", io.BytesIO(data), filename="d.bin")
+        async with api.session.post(sess["upload_urls"][0], data=form) as resp:
+            assert resp.status == 200, await resp.text()
+        assert await file_size(api, uri) == (len(data), {})
+        assert await api.download(uri) == data
