@@ -40,7 +40,16 @@ from emulator.core import (
 )
 from emulator.errors import ApiError
 from emulator.session import require_user
-from emulator.store import FILE, Entity, FileRow, Store, User, my_uri, parse_uri
+from emulator.store import (
+    FILE,
+    Entity,
+    FileRow,
+    Store,
+    User,
+    my_uri,
+    parse_uri,
+    validate_name,
+)
 from emulator.tasks import Clock, Progress, RetryPolicy, Task, TaskFailed, TaskRunner, TaskStatus
 
 log = structlog.get_logger("emulator.workflow")
@@ -83,6 +92,15 @@ class Drive(Protocol):
         """Create a new file from a local file, ancestors included (40004 if the name is taken).
 
         The blob goes to ``policy_id`` when given, else to the destination folder's policy.
+        """
+        ...
+
+    async def prevalidate(self, user_id: int, folder: str, name: str, size: int) -> None:
+        """Check that ``name`` of ``size`` bytes could be uploaded into ``folder``.
+
+        Raises:
+            ApiError: the folder is missing (40016), the name or size breaks the folder's policy
+                (40052, 40049), or the quota would be exceeded (40051).
         """
         ...
 
@@ -242,14 +260,33 @@ class RemoteDownloadJob:
     download: HttpDownload | None = None
     failed: int = 0
     transferred: bool = False
+    validated_total: int | None = None
 
     async def step(self, task: Task) -> TaskStatus:
         """Run the phase the task is in: start, monitor, transfer or await seeding."""
         if task.phase == PHASE_NOT_STARTED:
             return self._start(task)
         if task.phase in (PHASE_MONITOR, PHASE_SEEDING):
+            await self._validate()
             return self._monitor(task)
         return await self._transfer(task)
+
+    async def _validate(self) -> None:
+        """Pre-validate the destination whenever the download's size becomes known or changes."""
+        download = self.download
+        assert download is not None, "monitor phase without a download"
+        if download.state == "error" or download.total == self.validated_total:
+            return
+        self.validated_total = download.total
+        name = sanitize_file_name(download.name)
+        try:
+            await self.drive.prevalidate(self.owner_id, self.dst, name, download.total)
+        except ApiError as exc:
+            download.cancel()
+            raise TaskFailed(
+                f"failed to validate files: {exc.msg} (code {exc.code}) (non-retryable error)",
+                critical=True,
+            ) from exc
 
     def _start(self, task: Task) -> TaskStatus:
         if self.torrent:
@@ -746,6 +783,18 @@ class StoreDrive:
             raise
         ent = self.store.add_entity(item.id, size, key, policy.id)
         self.store.update_file(item.id, size=size, primary_entity=ent.id)
+
+    async def prevalidate(self, user_id: int, folder: str, name: str, size: int) -> None:
+        """Apply the upload checks of the folder's policy and the quota to a future file."""
+        item = self.store.resolve(user_id, self._path(folder))
+        if not item.is_folder:
+            raise errors.not_found_path()
+        policy = self.store.policy_for(item)
+        validate_name(name)
+        self.store.check_name_against_policy(name, policy)
+        if policy.max_size and size > policy.max_size:
+            raise ApiError(errors.FILE_TOO_LARGE, "File too large")
+        self.store.check_quota(user_id, size)
 
     async def read_file(self, user_id: int, uri: str, dst: Path) -> None:
         """Copy the file's current version into ``dst``."""

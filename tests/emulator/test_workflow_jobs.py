@@ -33,6 +33,8 @@ class MemoryDrive:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.folders: set[str] = {ROOT}
+        self.quota = 1 << 30
+        self.validations: list[tuple[str, int]] = []
 
     def _entry(self, uri: str) -> Entry:
         name = uri.rsplit("/", 1)[-1]
@@ -54,6 +56,11 @@ class MemoryDrive:
         if uri in self.files or uri in self.folders:
             raise ApiError(40004, "Object existed")
         self.files[uri] = await anyio.Path(src).read_bytes()
+
+    async def prevalidate(self, user_id: int, folder: str, name: str, size: int) -> None:
+        self.validations.append((name, size))
+        if size > self.quota:
+            raise ApiError(40051, "Insufficient capacity")
 
     async def read_file(self, user_id: int, uri: str, dst: Path) -> None:
         await anyio.Path(dst).write_bytes(self.files[uri])
@@ -170,6 +177,27 @@ async def test_s8_2_remote_download_suspends_while_downloading_then_completes(
     assert final["download"]["files"][0]["name"] == "a:b.bin"
     assert final["failed"] == 0
     assert not (tmp_path / "dl").exists()
+    assert drive.validations[-1] == ("a_b.bin", len(PAYLOAD))
+
+
+@pytest.mark.anyio
+async def test_s8_2_download_over_quota_fails_validation_early(
+    slow_server: str, tmp_path: Path
+) -> None:
+    """Once the size is known, a file that would exceed the quota ends the task error."""
+    drive = MemoryDrive()
+    drive.quota = 1000
+    async with TaskRunner.open(retry=FAST) as runner:
+        job = _download_job(drive, runner, f"{slow_server}/slow/q.bin", tmp_path)
+        task = runner.submit(1, job)
+        assert await _finished(task) is TaskStatus.ERROR
+
+    assert task.error.startswith("failed to validate files: Insufficient capacity (code 40051)")
+    assert task.phase == "monitor"
+    assert task.retry_count == 0
+    assert drive.files == {}
+    assert job.download is not None
+    assert job.download.downloaded < len(PAYLOAD)
 
 
 @pytest.mark.anyio
