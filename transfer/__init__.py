@@ -1,8 +1,14 @@
 """Async Cloudreve v4 transfer engine: the public surface that ``jobs`` codes against.
 
 ``jobs`` imports from here, never from a module inside the package. Additions beyond the agreed
-surface: ``Drive.connect`` also takes ``on_retry`` (a hook per scheduled retry) and accepts a
-ready ``Pacer`` as ``pacer``; ``Drive.save_thumbnail`` saves an image's thumbnail beside it.
+surface (the agreed calls all work as specified):
+
+* ``Drive.connect`` also takes ``on_retry`` (called per scheduled retry, e.g.
+  ``stats.record_retry``) and accepts a ready ``Pacer`` as ``pacer`` (tests inject clocks);
+* ``Drive.save_thumbnail`` saves an image's thumbnail as ``<name>.thumb.jpg``;
+  ``TransferConfig.save_thumbnails`` / ``thumbnail_dir`` do it for every downloaded image;
+* ``local_path(root, relative)`` maps a remote relative path below a local root through
+  ``safe_local_name``; ``nfc`` normalises names; ``Pacer`` and ``RetryEvent`` are exported.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from transfer.errors import (
     UnsupportedFeature,
     UploadFailed,
 )
-from transfer.names import nfc, safe_local_name
+from transfer.names import local_path, nfc, safe_local_name
 from transfer.pacer import Pacer, RetryEvent
 from transfer.uris import join_remote
 
@@ -68,6 +74,7 @@ __all__ = [
     "UploadFailed",
     "UploadJournal",
     "join_remote",
+    "local_path",
     "nfc",
     "safe_local_name",
 ]

@@ -83,11 +83,17 @@ class TransferConfig:
             is lowered to it.
         upload_nfc: send new names in Unicode NFC (macOS gives NFD).
         file_retries: times one file is run again (resuming) after a retryable failure.
+        save_thumbnails: after downloading an image, also save its server thumbnail as
+            ``<name>.thumb.jpg``, beside it or in ``thumbnail_dir``; a missing thumbnail is
+            not an error.
+        thumbnail_dir: folder for the thumbnails instead of beside each image.
     """
 
     chunk_concurrency: int | None = None
     upload_nfc: bool = True
     file_retries: int = 3
+    save_thumbnails: bool = False
+    thumbnail_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.chunk_concurrency is not None and self.chunk_concurrency < 1:

@@ -23,7 +23,7 @@ from transfer.config import PacerConfig, RemoteConfig, TransferConfig
 from transfer.download import Downloader
 from transfer.errors import FerryError, ListingInconsistent, NotFound
 from transfer.pacer import Pacer, RetryEvent
-from transfer.thumbs import ThumbnailSaver
+from transfer.thumbs import ThumbnailSaver, is_image
 from transfer.upload import Uploader
 from transfer.uris import ROOT_URI, join_remote, split_remote, to_uri
 
@@ -250,11 +250,20 @@ class Drive:
         for attempt in range(self.transfer.file_retries + 1):
             try:
                 await self.downloader.download(entry, local, progress=progress)
-                return
+                break
             except FerryError as exc:
                 if not exc.retryable or attempt >= self.transfer.file_retries:
                     raise
                 log.warning("download_retried", path=entry.path, attempt=attempt + 1)
+        if self.transfer.save_thumbnails and is_image(entry.name):
+            await self._thumbnail_beside(entry, local)
+
+    async def _thumbnail_beside(self, entry: RemoteEntry, local: Path) -> None:
+        """Save a downloaded image's thumbnail; a failure is logged, the download stands."""
+        try:
+            await self.thumbnails.save(entry, local, self.transfer.thumbnail_dir)
+        except FerryError as exc:
+            log.warning("thumbnail_failed", path=entry.path, error=str(exc))
 
     async def save_thumbnail(
         self, entry: RemoteEntry, image: Path, folder: Path | None = None

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import unicodedata
+from pathlib import Path
 
 from transfer.errors import UnsafeName
 
-__all__ = ["MAX_NAME_BYTES", "nfc", "safe_local_name"]
+__all__ = ["MAX_NAME_BYTES", "local_path", "nfc", "safe_local_name"]
 
 MAX_NAME_BYTES = 255
 _WINDOWS_FORBIDDEN = frozenset('<>:"|?*')
@@ -71,3 +72,17 @@ def _unsafe_reason(name: str, windows: bool) -> str:
         if name.split(".", 1)[0].upper() in _WINDOWS_RESERVED:
             return "a reserved Windows device name"
     return ""
+
+
+def local_path(root: Path, remote_relative: str, *, windows: bool | None = None) -> Path:
+    """Map a ``/``-separated path below a remote folder to a path below ``root``.
+
+    Every component goes through :func:`safe_local_name`, so the result never leaves ``root``.
+
+    Raises:
+        UnsafeName: a component is unsafe (the whole item should fail, not the batch).
+    """
+    parts = [part for part in remote_relative.split("/") if part]
+    if not parts:
+        raise UnsafeName(remote_relative, "empty relative path")
+    return root.joinpath(*(safe_local_name(part, windows=windows) for part in parts))

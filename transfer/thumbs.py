@@ -22,6 +22,7 @@ __all__ = [
     "ThumbnailSaver",
     "decode_obfuscated",
     "decode_obfuscated_at",
+    "is_image",
     "permutation",
     "thumb_path",
     "time_key",
@@ -30,7 +31,15 @@ __all__ = [
 log = structlog.get_logger()
 
 _THUMB_SUFFIX = ".thumb.jpg"
+_IMAGE_SUFFIXES = frozenset(
+    {"jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff", "heic", "heif", "avif"}
+)
 _CODE_NO_THUMB = 40077
+
+
+def is_image(name: str) -> bool:
+    """True when the name's extension is a common image type (thumbnails are worth asking)."""
+    return name.rsplit(".", 1)[-1].lower() in _IMAGE_SUFFIXES if "." in name else False
 
 
 def time_key(unix_seconds: float) -> int:

@@ -175,8 +175,14 @@ class Uploader:
             try:
                 await self._send(local, key, journal, saved, concurrency, progress)
                 break
+            except UploadFailed as exc:
+                if not exc.retryable:
+                    # A permanent failure will not be resumed: leave no placeholder behind.
+                    with anyio.CancelScope(shield=True):
+                        await self._cancel(saved, journal, key)
+                raise
             except SessionExpired as exc:
-                if await self._completed(uri, size):
+                if await self._completed(uri, size, mtime_ms if overwrite else None):
                     break
                 if restarts >= _MAX_RESTARTS:
                     raise UploadFailed(
@@ -265,13 +271,21 @@ class Uploader:
             log.debug("upload_session_gone", session_id=saved.session_id, api_code=exc.code)
         await journal.session_closed(key)
 
-    async def _completed(self, uri: str, size: int) -> bool:
-        """True when the file is whole on the server (contract 6.9: 40011 after completion)."""
+    async def _completed(self, uri: str, size: int, version_mtime_ms: int | None) -> bool:
+        """True when the file is whole on the server (contract 6.9: 40011 after completion).
+
+        For a new version (``version_mtime_ms`` given) the old version may have the same size,
+        so the file's ``updated_at`` must also be the ``last_modified`` we sent.
+        """
         try:
             entry = await self.client.file_info(uri)
         except NotFound:
             return False
-        return not entry.uploading and entry.size == size
+        if entry.uploading or entry.size != size:
+            return False
+        if version_mtime_ms is None:
+            return True
+        return abs(entry.updated_at.timestamp() * 1000 - version_mtime_ms) < 1000
 
     async def _send(
         self,
