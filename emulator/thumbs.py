@@ -109,8 +109,11 @@ def _existing_thumb(st: State, item: FileRow) -> int | None:
 
 
 async def _generate(st: State, item: FileRow) -> int:
-    """Build, store and record the thumbnail entity; disable thumbnails when it fails."""
-    if item.primary_entity is None:
+    """Build, store and record the thumbnail entity; disable thumbnails when it fails.
+
+    An unfinished upload has no complete blob yet: it answers 40077 without disabling.
+    """
+    if item.primary_entity is None or st.store.entity(item.primary_entity).upload_session_id:
         raise _unavailable()
     work = st.config.data_dir / "thumb_temp"
     work.mkdir(parents=True, exist_ok=True)

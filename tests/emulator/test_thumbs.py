@@ -180,3 +180,17 @@ async def test_s5_11_thumbnail_of_an_s3_policy_file(caller: Caller) -> None:
     assert item is not None
     thumbs = [e for e in caller.emu.store.entities(item.id) if e.type == 1]
     assert [caller.emu.store.policy(e.policy_id).type for e in thumbs] == ["s3"]
+
+
+@pytest.mark.anyio
+async def test_s5_11_unfinished_upload_is_40077_without_disabling(caller: Caller) -> None:
+    """A placeholder still uploading answers 40077 but is not tagged thumb:disabled."""
+    session = await caller.call(
+        "PUT", "/file/upload", json={"uri": "cloudreve://my/pending.png", "size": 100}
+    )
+    assert session["code"] == 0, session
+
+    assert (await caller.thumb("cloudreve://my/pending.png"))["code"] == 40077
+    item = caller.emu.file(OWNER, "/pending.png")
+    assert item is not None
+    assert "thumb:disabled" not in caller.emu.store.metadata(item.id)
