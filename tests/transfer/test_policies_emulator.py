@@ -194,3 +194,12 @@ async def test_br30_expired_part_url_opens_a_new_session_through_drive_upload(
         assert emu.requests.count("DELETE", "/api/v4/file/upload") == 1
         assert emu.requests.count("PUT", "/api/v4/file/upload") == 2
         assert emu.requests.count("GET", "/api/v4/callback/s3/*") == 1
+
+
+@pytest.mark.parametrize("policy", ["s3", "ks3", "cos", "oss", "obs", "qiniu"])
+async def test_br06_zero_byte_file_is_one_empty_part(tmp_path: Path, policy: str) -> None:
+    """An empty file on a multipart policy is one zero-length part, completed and listed as 0."""
+    async with running_emulator(tmp_path, policy=policy, chunk_size=CHUNK) as emu:
+        await roundtrip(emu, tmp_path, 0)
+
+        assert emu.requests.count("PUT", f"/storage/{policy}/*") == 1
