@@ -82,7 +82,8 @@ PAYLOAD = bytes(range(256)) * 64  # 16 KiB
 
 @pytest.fixture
 async def slow_server() -> AsyncIterator[str]:
-    """A loopback HTTP server: /slow/<name> streams PAYLOAD in 8 pieces 0.1 s apart."""
+    """A loopback HTTP server: /slow/<name> streams PAYLOAD in 8 pieces 0.1 s apart, /fast/<name>
+    sends it at once, /missing answers 404."""
 
     async def slow(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Length": str(len(PAYLOAD))})
@@ -96,9 +97,13 @@ async def slow_server() -> AsyncIterator[str]:
     async def missing(request: web.Request) -> web.Response:
         return web.Response(status=404)
 
+    async def fast(request: web.Request) -> web.Response:
+        return web.Response(body=PAYLOAD)
+
     app = web.Application()
     app.router.add_get("/slow/{name}", slow)
     app.router.add_get("/missing", missing)
+    app.router.add_get("/fast/{name}", fast)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -407,3 +412,32 @@ async def test_s8_7_extract_honours_encoding_and_file_mask(
 
     got = {u.removeprefix("cloudreve://my/x/") for u in drive.files if u.startswith(ROOT + "/x/")}
     assert got == {join_uri("", p).lstrip("/") for p in expected}
+
+
+class SlowPutDrive(MemoryDrive):
+    """put_file takes 200 ms, so the transfer phase can be watched."""
+
+    async def put_file(
+        self, user_id: int, uri: str, src: Path, *, policy_id: int | None = None
+    ) -> None:
+        await anyio.sleep(0.2)
+        await super().put_file(user_id, uri, src, policy_id=policy_id)
+
+
+@pytest.mark.anyio
+async def test_s8_6_transfer_phase_reports_upload_progress(
+    slow_server: str, tmp_path: Path
+) -> None:
+    """During transfer the progress map has upload, upload_count and upload_single_0."""
+    drive = SlowPutDrive()
+    async with TaskRunner.open(retry=FAST) as runner:
+        task = runner.submit(1, _download_job(drive, runner, f"{slow_server}/fast/t.bin", tmp_path))
+        await _reach_phase(task, "transfer")
+        await anyio.sleep(0.05)
+        during = {k: p.to_json() for k, p in task.progress.items()}
+        assert await _finished(task) is TaskStatus.COMPLETED
+
+    assert during["upload_count"] == {"total": 1, "current": 0, "identifier": ""}
+    assert during["upload"]["total"] == len(PAYLOAD)
+    assert during["upload_single_0"]["identifier"] == "cloudreve://my/t.bin"
+    assert task.progress == {}
