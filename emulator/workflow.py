@@ -1,9 +1,14 @@
-"""Workflow task types of the emulator (contract 8): remote download, archive, extract, import,
-relocate.
+"""Workflow tasks of the emulator (contract 8): remote download, archive, extract, import and
+relocate, with their ``/api/v4/workflow`` routes.
 
 Each type is a :class:`emulator.tasks.TaskJob` whose ``step`` follows the phases of the real
 server's ``pkg/filemanager/workflows``. Jobs touch the drive only through :class:`Drive`, the few
-store operations they need, so they run the same against the emulator's store and in tests.
+store operations they need (:class:`StoreDrive` over the emulator's store), so they also run
+against an in-memory drive in tests.
+
+Group flags, ``aria2_batch``, the archive limits, the monitor period and the retry budget come
+from :class:`WorkflowSettings` (``EmulatorConfig.extra``). Relocate is accepted on
+``/workflow/reloacte``, ``/workflow/relocate`` and ``/workflow/reloc`` (8.8).
 """
 
 from __future__ import annotations
