@@ -128,6 +128,7 @@ class UploadCore:
         when = sess.last_modified if sess.last_modified is not None else st.clock.now()
         with st.store.tx():
             st.store.delete_metadata(item.id, "sys:upload_session_id")
+            st.store.delete_metadata(item.id, "thumb:disabled")
             for key, value in sess.metadata.items():
                 st.store.set_metadata(item.id, key, value)
         if entity.type == ENTITY_LIVE_PHOTO:
@@ -164,7 +165,12 @@ class UploadCore:
             )
         target = chunk_target(st, info)
         if not target.exists():
-            preallocate(target, info.size)
+            preallocate(target, info.size if st.config.pre_allocate else 0)
+        if not st.config.pre_allocate and start > target.stat().st_size:
+            # Without pre-allocation the local driver only appends at the current end.
+            raise ApiError(
+                errors.IO_FAILED, "size of unfinished uploaded chunks is not as expected"
+            )
         got = await write_body(request, target, start, expected)
         if got != expected:
             raise ApiError(errors.IO_FAILED, "Failed to write chunk: unexpected end of body")
@@ -299,7 +305,7 @@ async def create_session(request: web.Request) -> web.Response:
             f"Storage policy type {policy.type!r} has no driver in this emulator",
         )
     st.store.check_quota(user.id, args["size"])
-    sess = _open(st, user.id, uri.path, parent.id, name, existing, policy, args)
+    sess = await _open(st, user.id, uri.path, parent.id, name, existing, policy, args)
     try:
         creds = await _credentials(st, sess)
     except BaseException:
@@ -309,7 +315,7 @@ async def create_session(request: web.Request) -> web.Response:
     return ok(_session_json(st, sess, creds, args["uri"]))
 
 
-def _open(
+async def _open(
     st: State,
     owner_id: int,
     path: str,
@@ -325,6 +331,7 @@ def _open(
     key = st.store.new_storage_key(owner_id, name)
     ent_type = ENTITY_LIVE_PHOTO if args["entity_type"] == "live_photo" else ENTITY_VERSION
     with st.store.tx() as db:
+        stale: list[tuple[PolicyInfo, str]] = []
         if existing is None:
             cur = db.execute(
                 "INSERT INTO files(owner_id, parent_id, name, type, size, created_at, updated_at)"
@@ -335,12 +342,14 @@ def _open(
             file_id = cur.lastrowid
         else:
             file_id = existing.id
+            stale = _stale_placeholders(st, file_id, existing.primary_entity)
         entity = st.store.add_entity(
             file_id, args["size"], key, policy.id, ent_type, upload_session_id=session_id
         )
         if existing is None:
             st.store.update_file(file_id, primary_entity=entity.id)
         st.store.set_metadata(file_id, "sys:upload_session_id", session_id)
+    await st.store.delete_blobs(stale)
     lock = st.store.lock(owner_id, path, "upload", expires - now, FILE)
     mime = args["mime_type"] or mimetypes.guess_type(name)[0] or "application/octet-stream"
     info = UploadSessionInfo(
@@ -368,6 +377,20 @@ def _open(
     if st.config.pre_allocate and policy.type in LOCAL_STORAGE_TYPES:
         preallocate(chunk_target(st, info), info.size)
     return sess
+
+
+def _stale_placeholders(
+    st: State, file_id: int, primary: int | None
+) -> list[tuple[PolicyInfo, str]]:
+    """Drop placeholder entities of sessions that are no longer alive (a new version replaces
+    them, as the real server's ``WithRemoveStaleEntities``); return their orphaned blobs."""
+    orphans: list[tuple[PolicyInfo, str]] = []
+    for ent in st.store.entities(file_id):
+        sid = ent.upload_session_id
+        live = st.store.sessions.get(sid) if sid else None
+        if sid and ent.id != primary and (live is None or live.info.expires <= st.clock.now()):
+            orphans.extend(st.store.delete_entity(ent))
+    return orphans
 
 
 async def _credentials(st: State, sess: SessionState) -> SessionCredentials:

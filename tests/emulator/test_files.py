@@ -338,3 +338,19 @@ async def test_s4_other_users_drive_is_403(api: Api, emu: EmulatorHandle) -> Non
     admin_id = emu.user("admin@example.com").hash_id
     _, body = await api.call("GET", "/file", params={"uri": f"cloudreve://{admin_id}@my"})
     assert body["code"] == 403
+
+
+async def test_s5_9_chunked_body_without_length_stores_empty_version(api: Api) -> None:
+    """With neither Content-Length nor X-Expected-Entity-Length the server stores 0 bytes."""
+
+    async def body_stream():  # type: ignore[no-untyped-def]
+        yield b"ignored bytes"
+
+    made = await api.ok(
+        "PUT",
+        "/file/content",
+        params={"uri": "cloudreve://my/e.txt"},
+        data=body_stream(),  # type: ignore[arg-type]
+    )
+    assert made["size"] == 0
+    assert await api.download("cloudreve://my/e.txt") == b""

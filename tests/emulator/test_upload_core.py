@@ -359,3 +359,34 @@ async def test_s6_4_placeholder_deleted_gives_40016(api: Api, emu: EmulatorHandl
     emu.store.hard_delete(item)
     _, body = await _chunk(api, sess["session_id"], 0, b"0123")
     assert body["code"] == 40016
+
+
+async def test_s6_8_version_after_expired_session_replaces_stale_placeholder(
+    api: Api, emu: EmulatorHandle
+) -> None:
+    """After a version session expires, a new one drops the stale placeholder entity."""
+    await api.upload("cloudreve://my/a", b"v1")
+    stale = await _session(api, "cloudreve://my/a", 8, entity_type="version")
+    emu.faults.expire_session(stale["session_id"])
+    assert (await api.ok("GET", "/user/capacity"))["used"] == 10
+    await api.upload("cloudreve://my/a", b"v2", entity_type="version")
+    info = await api.ok("GET", "/file/info", params={"uri": "cloudreve://my/a", "extended": "true"})
+    assert [e["size"] for e in info["extended_info"]["entities"]] == [2]
+    assert info["metadata"] is None
+    assert (await api.ok("GET", "/user/capacity"))["used"] == 2
+
+
+async def test_s6_4_without_preallocation_a_gap_is_50004(tmp_path: Path) -> None:
+    """Without pre-allocation a chunk beyond the bytes written so far fails with 50004."""
+    async with (
+        running_emulator(tmp_path, chunk_size=4, pre_allocate=False, drivers=no_drivers) as emu,
+        aiohttp.ClientSession() as http,
+    ):
+        api = Api(http, emu.url)
+        await api.sign_in(USER, emu.users[USER])
+        sess = await _session(api, "cloudreve://my/a", 8)
+        _, body = await _chunk(api, sess["session_id"], 1, b"4567")
+        assert body["code"] == 50004
+        await _chunk(api, sess["session_id"], 0, b"0123")
+        await _chunk(api, sess["session_id"], 1, b"4567")
+        assert await api.download("cloudreve://my/a") == b"01234567"
