@@ -162,6 +162,10 @@ class MultipartUpload:
         return self.directory / f"{number:05d}"
 
 
+class UploadGone(Exception):
+    """Raised when a part arrives for an upload that was completed or aborted meanwhile."""
+
+
 class PartOrderError(Exception):
     """Raised when a complete request lists parts that cannot form the object.
 
@@ -201,11 +205,24 @@ class MultipartStore:
     async def put_part(self, upload: MultipartUpload, number: int, request: web.Request) -> Part:
         """Store the request body as part ``number`` (replacing an earlier one) and return it.
 
+        The body goes to a temporary file renamed into place, so that two uploads of one part
+        number never interleave: the last one to finish wins, as on S3.
+
         Raises:
             BodyIncomplete: the body ended early; the part is not recorded.
+            UploadGone: the upload was completed or aborted meanwhile.
         """
-        upload.parts.pop(number, None)
-        etag = await stream_body_to_file(request, upload.part_path(number))
+        tmp = upload.directory / f"{number:05d}.{uuid.uuid4().hex}"
+        try:
+            etag = await stream_body_to_file(request, tmp)
+            await anyio.Path(tmp).rename(upload.part_path(number))
+        except FileNotFoundError as exc:
+            raise UploadGone(upload.upload_id) from exc
+        except BodyIncomplete:
+            await anyio.Path(tmp).unlink(missing_ok=True)
+            raise
+        if upload.upload_id not in self.uploads:
+            raise UploadGone(upload.upload_id)
         part = Part(number, request.content_length or 0, etag)
         upload.parts[number] = part
 
@@ -250,7 +267,11 @@ class MultipartStore:
         return chosen
 
     async def assemble(self, upload: MultipartUpload, parts: list[Part]) -> Path:
-        """Concatenate ``parts`` into one file next to the parts and return it."""
+        """Close the upload to further requests and concatenate ``parts`` into one file.
+
+        The caller moves the returned file away, then calls :meth:`remove_files`.
+        """
+        self.uploads.pop(upload.upload_id, None)
         out_path = upload.directory / "assembled"
 
         def _concat() -> None:
@@ -267,7 +288,11 @@ class MultipartStore:
         """Forget an upload and delete its part files; an unknown id is not an error."""
         upload = self.uploads.pop(upload_id, None)
         if upload is not None:
-            await anyio.to_thread.run_sync(shutil.rmtree, upload.directory, True)
+            await self.remove_files(upload)
+
+    async def remove_files(self, upload: MultipartUpload) -> None:
+        """Delete an upload's directory and whatever part files are left in it."""
+        await anyio.to_thread.run_sync(shutil.rmtree, upload.directory, True)
 
 
 def multipart_etag(parts: Iterable[Part]) -> str:

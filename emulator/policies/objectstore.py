@@ -40,6 +40,7 @@ from emulator.policies._common import (
     MultipartUpload,
     PartOrderError,
     Signer,
+    UploadGone,
     chunk_lengths,
     multipart_etag,
     scratch_dir,
@@ -325,6 +326,8 @@ class ObjectStoreDriver:
             return xml_error(411, "MissingContentLength", "You must provide the Content-Length.")
         try:
             part = await self.multipart.put_part(upload, int(raw), request)
+        except UploadGone:
+            return xml_error(404, "NoSuchUpload", "The specified upload does not exist.")
         except BodyIncomplete as exc:
             return xml_error(400, "IncompleteBody", str(exc))
         log.debug("storage_part_stored", policy=self.type, part=part.number, size_bytes=part.size)
@@ -348,7 +351,7 @@ class ObjectStoreDriver:
 
         assembled = await self.multipart.assemble(upload, parts)
         await self.blobs.commit(key, assembled, upload.mime)
-        await self.multipart.discard(upload.upload_id)
+        await self.multipart.remove_files(upload)
         size = sum(p.size for p in parts)
         etag = multipart_etag(parts)
         log.debug("storage_upload_completed", policy=self.type, size_bytes=size)

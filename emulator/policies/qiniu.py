@@ -40,6 +40,7 @@ from emulator.policies._common import (
     MultipartUpload,
     PartOrderError,
     Signer,
+    UploadGone,
     scratch_dir,
 )
 from emulator.policy import CallbackFailed, SessionCredentials, UploadHost, UploadSessionInfo
@@ -195,6 +196,8 @@ class QiniuDriver:
             return qiniu_error(413, "part is larger than 1 GiB")
         try:
             part = await self.multipart.put_part(upload, int(raw), request)
+        except UploadGone:
+            return qiniu_error(612, "no such uploadId")
         except BodyIncomplete as exc:
             return qiniu_error(400, str(exc))
 
@@ -227,7 +230,7 @@ class QiniuDriver:
 
         assembled = await self.multipart.assemble(upload, parts)
         await self.blobs.commit(upload.key, assembled, mime or upload.mime)
-        await self.multipart.discard(upload.upload_id)
+        await self.multipart.remove_files(upload)
         try:
             await self._host.complete_upload(upload.session_id, size)
         except CallbackFailed as exc:

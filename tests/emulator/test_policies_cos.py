@@ -108,3 +108,17 @@ async def test_s6_7_abort_session_drops_the_upload(tmp_path: Path) -> None:
         await env.drivers["cos"].abort_session(session)
         async with env.http.put(creds.upload_urls[0], data=b"x" * 10, headers=OCTET) as resp:
             assert (resp.status, xml_code(await resp.text())) == (404, "NoSuchUpload")
+
+
+@pytest.mark.anyio
+async def test_s6_9_part_or_complete_after_completion_is_no_such_upload(tmp_path: Path) -> None:
+    """Once completed, the upload is closed: a resent part or complete gets 404 NoSuchUpload."""
+    data = payload(1000)
+    async with running_storage(tmp_path) as env:
+        _, creds = await env.open("cos", len(data))
+        etags = await put_parts(env, creds, data, MiB)
+        assert (await post(env, creds.complete_url, complete_xml(etags), FORBID))[0] == 200
+        async with env.http.put(creds.upload_urls[0], data=io.BytesIO(data), headers=OCTET) as resp:
+            assert (resp.status, xml_code(await resp.text())) == (404, "NoSuchUpload")
+        status, body = await post(env, creds.complete_url, complete_xml(etags), FORBID)
+        assert (status, xml_code(body)) == (404, "NoSuchUpload")
