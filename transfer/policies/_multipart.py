@@ -178,7 +178,7 @@ class MultipartWriter:
                 self.policy_type, session.session_id, session.callback_secret
             )
         except ApiError as exc:
-            if self._upload_gone is None:
+            if self._upload_gone is None or exc.retryable:
                 raise
             # The complete found no multipart upload and the server has no whole object either:
             # the storage side is lost, only a new session can finish the file.
