@@ -180,3 +180,22 @@ async def test_s9_5_thumbnail_saved_beside_the_image(tmp_path: Path, obfuscated:
             thumb = await drive.save_thumbnail(entry, image)
         assert thumb == tmp_path / "out" / "pic.png.thumb.jpg"
         assert thumb.read_bytes()[:2] == b"\xff\xd8"
+
+
+@pytest.mark.anyio
+async def test_s5_11_download_option_saves_thumbnails_into_a_folder(tmp_path: Path) -> None:
+    """With save_thumbnails and thumbnail_dir, each downloaded image gets <name>.thumb.jpg there."""
+    async with running_emulator(tmp_path) as emu:
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 32), (0, 90, 200)).save(buf, format="JPEG")
+        src = tmp_path / "a.jpg"
+        src.write_bytes(buf.getvalue())
+        thumbs = tmp_path / "thumbs"
+        config = TransferConfig(save_thumbnails=True, thumbnail_dir=thumbs)
+        async with connected(emu, tmp_path, transfer=config) as drive:
+            entry = await drive.upload(
+                src, "/i/a.jpg", overwrite=False, journal=MemoryJournal(), key="k"
+            )
+            await drive.download(entry, tmp_path / "got" / "a.jpg")
+        assert (tmp_path / "got" / "a.jpg").read_bytes() == src.read_bytes()
+        assert (thumbs / "a.jpg.thumb.jpg").read_bytes()[:2] == b"\xff\xd8"

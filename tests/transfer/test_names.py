@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from transfer.errors import UnsafeName
-from transfer.names import nfc, safe_local_name
+from transfer.names import local_path, nfc, safe_local_name
 
 
 @pytest.mark.parametrize(
@@ -35,3 +37,12 @@ def test_ordinary_names_pass_unchanged() -> None:
 def test_nfc_composes_macos_names() -> None:
     """An NFD name is composed to NFC."""
     assert nfc("Se\u0301ance.flac") == "S\u00e9ance.flac"
+
+
+def test_local_path_maps_components_safely(tmp_path: Path) -> None:
+    """local_path joins checked components below root and refuses escapes."""
+    assert local_path(tmp_path, "/a b/c#d.txt") == tmp_path / "a b" / "c#d.txt"
+    with pytest.raises(UnsafeName):
+        local_path(tmp_path, "a/../../etc/passwd")
+    with pytest.raises(UnsafeName):
+        local_path(tmp_path, "")

@@ -253,3 +253,42 @@ async def test_s6_4_parallel_chunks_up_to_policy_concurrency(tmp_path: Path) -> 
             await drive.download(entry, out)
         assert sorted(_indices(emu)) == list(range(7))
         assert out.read_bytes() == src.read_bytes()
+
+
+@pytest.mark.anyio
+async def test_br04_names_are_sent_in_nfc_unless_disabled(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """An NFD name arrives as NFC by default, and byte-for-byte with upload_nfc=False."""
+    src = _file(tmp_path, "n.bin", 3)
+    nfd = "Se\u0301ance.flac"
+    async with connected(emu, tmp_path) as drive:
+        entry = await drive.upload(
+            src, f"/n/{nfd}", overwrite=False, journal=MemoryJournal(), key="a"
+        )
+    assert entry.name == "S\u00e9ance.flac"
+    raw = TransferConfig(upload_nfc=False)
+    async with connected(emu, tmp_path, transfer=raw) as drive:
+        entry = await drive.upload(
+            src, f"/raw/{nfd}", overwrite=False, journal=MemoryJournal(), key="b"
+        )
+    assert entry.name == nfd
+
+
+@pytest.mark.anyio
+async def test_s6_5_permanent_chunk_failure_cancels_the_session(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """A non-retryable chunk error deletes the session: no placeholder, journal closed."""
+    src = _file(tmp_path, "perm.bin", 2 * CHUNK)
+    journal = MemoryJournal()
+    emu.faults.fail("POST", CHUNK_ROUTE, nth=2, code=40012, msg="Invalid chunk index")
+    async with connected(emu, tmp_path) as drive:
+        with pytest.raises(UploadFailed) as info:
+            await drive.upload(src, "/x/perm.bin", overwrite=False, journal=journal, key="k")
+        assert not info.value.retryable
+        assert info.value.chunk == 1
+        assert info.value.offset == CHUNK
+        assert await drive.stat("/x/perm.bin") is None
+    assert "k" not in journal.sessions
+    assert emu.requests.count("DELETE", "/api/v4/file/upload") == 1
