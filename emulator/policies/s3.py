@@ -20,6 +20,7 @@ body as ``application/xml`` so that the S3 behaviour shows.
 from __future__ import annotations
 
 import calendar
+import logging
 import mimetypes
 import secrets
 import time
@@ -77,6 +78,9 @@ class MotoS3:
 
     async def start(self) -> None:
         """Start the server thread and create the client."""
+        # moto's request handler logs every request line through werkzeug at INFO, and the
+        # proxied request lines carry presigned signatures: keep them out of the logs.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
         await anyio.to_thread.run_sync(self._server.start)
         host, port = self._server.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
