@@ -345,3 +345,24 @@ async def test_br06_zero_byte_file_cancels_session_then_puts_content(
     assert api.content == [("PUT", "/file/content", {"uri": session.uri}, b"")]
     assert api.calls == []
     assert state.puts == []
+
+
+async def test_br08_retry_after_5xx_keeps_the_carried_tail(
+    graph: tuple[GraphSession, str], http: aiohttp.ClientSession
+) -> None:
+    """With a misaligned chunk size, a 503 mid-upload is retried in the same session."""
+    state, url = graph
+    state.fail_put_numbers = {2, 4}
+    data = os.urandom(7 * A + 5)
+    state.size = len(data)
+    session = session_for(url, len(data), 2 * A + 1000)
+
+    async def open_session() -> SavedUpload:
+        return session
+
+    await drive_upload(data, open_session, OneDriveWriter, http, FakeCallbackApi(), max_sessions=1)
+
+    assert bytes(state.received) == data
+    assert state.gets == 0
+    for fragment in state.puts[:-1]:
+        assert fragment.length % A == 0

@@ -146,10 +146,10 @@ class OneDriveWriter:
             start, buffer = self._carry_offset, self._carry + data
         else:
             start, buffer = offset, data
-        self._carry = b""
+        # The carry is replaced only once the buffer went out, so a retry of this chunk with the
+        # same writer still starts where Graph expects it.
         sent_to = await self._send_buffer(start, buffer)
-        if sent_to < start + len(buffer):
-            self._carry, self._carry_offset = buffer[sent_to - start :], sent_to
+        self._carry, self._carry_offset = buffer[sent_to - start :], sent_to
         _log.debug("chunk_uploaded", policy=self.policy_type, chunk=index, offset=offset)
 
         return PartResult(index)
