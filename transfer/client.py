@@ -107,7 +107,11 @@ class StreamAnswer:
 
 
 def _strip_query(url: str) -> str:
-    return url.split("?", 1)[0]
+    """The URL as it may appear in logs and errors: no query (signatures), no callback secret."""
+    base = url.split("?", 1)[0]
+    if "/callback/" in base:
+        base = base.rsplit("/", 1)[0] + "/***"
+    return base
 
 
 class DriveClient:
@@ -282,7 +286,9 @@ class DriveClient:
             data=data,
             headers=all_headers,
         )
-        return decode_response(answer.status, answer.headers, answer.body, method, url)
+        return decode_response(
+            answer.status, answer.headers, answer.body, method, _strip_query(url)
+        )
 
     async def call(
         self,

@@ -120,3 +120,39 @@ async def test_secrets_never_reach_logs(emu: EmulatorHandle, tmp_path: Path) -> 
     assert token.access_token not in text
     assert token.refresh_token not in text
     assert token.access_token not in repr(token)
+
+
+def test_callback_secret_and_signatures_are_redacted() -> None:
+    """URLs in logs and errors lose their query and any callback secret."""
+    from transfer.client import _strip_query
+
+    assert (
+        _strip_query("http://h/api/v4/callback/s3/sid/SECRET")
+        == "http://h/api/v4/callback/s3/sid/***"
+    )
+    assert _strip_query("http://h/api/v4/file/content/e/0/a.txt?sign=abc%3D:1") == (
+        "http://h/api/v4/file/content/e/0/a.txt"
+    )
+
+
+@pytest.mark.anyio
+async def test_s2_3_proactive_refresh_before_expiry(tmp_path: Path) -> None:
+    """A token with less than half its life (or 10 min) left is refreshed before use, no 401."""
+    from transfer.client import DriveClient
+    from transfer.pacer import Pacer
+
+    async with running_emulator(tmp_path, token_ttl=60) as emu:
+        now = [1_000_000.0]
+        pacer = Pacer(PacerConfig(min_sleep_s=0.0))
+        client = DriveClient(
+            remote_config(emu), token_cache=tmp_path / "t.json", pacer=pacer, clock=lambda: now[0]
+        )
+        async with client:
+            await client.ensure_signed_in()
+            await client.capacity()
+            assert client.refreshes == 0
+            now[0] += 40
+            await client.capacity()
+            assert client.refreshes == 1
+        assert emu.requests.count("POST", REFRESH_ROUTE) == 1
+        assert emu.requests.count("GET", "/api/v4/user/capacity") == 2

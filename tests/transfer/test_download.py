@@ -160,3 +160,27 @@ async def test_s7_unfinished_upload_is_not_downloaded(emu: EmulatorHandle, tmp_p
         with pytest.raises(DownloadFailed, match="unfinished"):
             await drive.download(entry, tmp_path / "p.out")
     assert not (tmp_path / "p.out").exists()
+
+
+@pytest.mark.anyio
+async def test_s7_parallel_segments_with_a_failing_segment(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """Three segments at once, one answered 502 first: the file is whole and byte-identical."""
+    data = os.urandom(7 * CHUNK + 3)
+    async with connected(emu, tmp_path) as drive:
+        await _put(drive, tmp_path, "/d/par.bin", data)
+        entry = await drive.stat("/d/par.bin")
+        assert entry is not None
+        emu.requests.clear()
+        emu.faults.fail("GET", CONTENT_ROUTE, nth=2, status=502)
+        got: list[int] = []
+
+        async def no_wait(_: float) -> None:
+            return None
+
+        downloader = Downloader(drive.client, segment_size=CHUNK, segments=3, sleep=no_wait)
+        await downloader.download(entry, tmp_path / "par.bin", progress=got.append)
+    assert (tmp_path / "par.bin").read_bytes() == data
+    assert sum(got) == len(data)
+    assert emu.requests.count("GET", CONTENT_ROUTE) == 8 + 1
