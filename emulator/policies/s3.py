@@ -7,8 +7,9 @@ emulator's own fault injection must apply to part uploads. The proxy therefore
 
 * answers ``403 SignatureDoesNotMatch`` unless method, path and query are exactly those of a URL
   this driver presigned (the signature covers them on real S3);
-* answers ``403 AccessDenied`` / ``Request has expired`` once ``X-Amz-Date + X-Amz-Expires`` lies
-  behind the emulator clock;
+* answers ``403 AccessDenied`` / ``Request has expired`` once the URL's expiry (the session's
+  ``expires``, or the download TTL) lies behind the emulator clock; ``X-Amz-Expires`` carries the
+  same remaining lifetime for clients that read it;
 * answers ``411 MissingContentLength`` to a part PUT without a length, as S3 does;
 * forwards everything else to moto, streaming the body both ways.
 
@@ -19,12 +20,11 @@ body as ``application/xml`` so that the S3 behaviour shows.
 
 from __future__ import annotations
 
-import calendar
 import logging
 import mimetypes
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -188,15 +188,17 @@ class S3Driver:
 
         return f"{self._host.site_url}{self._prefix}{parts.path}?{parts.query}"
 
-    def _register(self, method: str, raw_url: str) -> str:
-        """Remember what a presigned URL signed, so the proxy accepts exactly that request.
+    def _register(self, method: str, raw_url: str, expires_at: float) -> str:
+        """Remember what a presigned URL signed and when it expires on the emulator clock.
 
-        Called on the event loop only: the proxy reads the same tables there.
+        botocore dates the URL by the wall clock while the emulator clock may run ahead, so the
+        expiry is kept here rather than read back from ``X-Amz-Date``. Called on the event loop
+        only: the proxy reads the same tables there.
         """
         url = URL(raw_url, encoded=True)
         signature = url.query["X-Amz-Signature"]
         self._issued[signature] = _Issued(method, url.path, tuple(sorted(url.query.items())))
-        self._issued_expiry[signature] = _expires_at(url.query) or 0.0
+        self._issued_expiry[signature] = expires_at
 
         return raw_url
 
@@ -213,9 +215,9 @@ class S3Driver:
         return SessionCredentials(upload_id=upload_id, upload_urls=urls, complete_url=complete)
 
     def _forget_expired(self) -> None:
-        """Drop presigned URLs whose expiry passed; they can only be refused from now on."""
-        now = self._clock()
-        for signature in [s for s, at in self._issued_expiry.items() if at < now]:
+        """Drop presigned URLs that expired a day ago; they are refused as unknown from then on."""
+        horizon = self._clock() - 86400
+        for signature in [s for s, at in self._issued_expiry.items() if at < horizon]:
             del self._issued[signature], self._issued_expiry[signature]
 
     async def open_session(self, session: UploadSessionInfo) -> SessionCredentials:
@@ -234,8 +236,8 @@ class S3Driver:
 
         creds = await anyio.to_thread.run_sync(self._presign_session, session, upload_id)
         for url in creds.upload_urls:
-            self._register("PUT", url)
-        self._register("POST", creds.complete_url)
+            self._register("PUT", url, session.expires)
+        self._register("POST", creds.complete_url, session.expires)
 
         return creds
 
@@ -285,7 +287,7 @@ class S3Driver:
 
         url = await anyio.to_thread.run_sync(self._presign, "get_object", params, ttl_s)
 
-        return self._register("GET", url)
+        return self._register("GET", url, self._clock() + ttl_s)
 
     async def put_blob(self, storage_key: str, src: Path) -> None:
         """Upload a local file as the object ``storage_key``."""
@@ -324,15 +326,6 @@ class S3Driver:
         signature = request.query.get("X-Amz-Signature", "")
         if not signature:
             return xml_error(403, "AccessDenied", "Access Denied")
-        expires_at = _expires_at(request.query)
-        if expires_at is not None and self._clock() > expires_at:
-            return xml_error(
-                403,
-                "AccessDenied",
-                "Request has expired",
-                Expires=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at)),
-                ServerTime=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._clock())),
-            )
         issued = self._issued.get(signature)
         if issued is None or issued != _Issued(
             request.method, request.path, tuple(sorted(request.query.items()))
@@ -342,6 +335,15 @@ class S3Driver:
                 "SignatureDoesNotMatch",
                 "The request signature we calculated does not match the signature you provided. "
                 "Check your key and signing method.",
+            )
+        expires_at = self._issued_expiry[signature]
+        if self._clock() > expires_at:
+            return xml_error(
+                403,
+                "AccessDenied",
+                "Request has expired",
+                Expires=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at)),
+                ServerTime=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._clock())),
             )
         upload_id = request.query.get("uploadId")
         if upload_id is not None and upload_id not in self._live:
@@ -384,18 +386,6 @@ class S3Driver:
             await response.write_eof()
 
         return response
-
-
-def _expires_at(query: Mapping[str, str]) -> float | None:
-    """Return when a SigV4 presigned URL expires (``X-Amz-Date`` + ``X-Amz-Expires``).
-
-    None when the query does not say; such a URL was not presigned here.
-    """
-    try:
-        signed_at = calendar.timegm(time.strptime(query["X-Amz-Date"], "%Y%m%dT%H%M%SZ"))
-        return float(signed_at + int(query["X-Amz-Expires"]))
-    except (KeyError, ValueError):
-        return None
 
 
 def _error_code(exc: ClientError) -> str:

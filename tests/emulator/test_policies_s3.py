@@ -173,3 +173,17 @@ async def test_s6_7_abort_session_aborts_the_multipart_upload(tmp_path: Path) ->
         async with env.http.put(creds.upload_urls[0], data=b"x" * 10, headers=OCTET) as resp:
             assert resp.status == 404
             assert xml_code(await resp.text()) == "NoSuchUpload"
+
+
+@pytest.mark.anyio
+async def test_s11_1_expiry_follows_an_emulator_clock_that_runs_ahead(tmp_path: Path) -> None:
+    """With the clock 12 h ahead a fresh part URL works until the session's own expiry."""
+    async with running_storage(tmp_path) as env:
+        env.clock.offset = 12 * 3600
+        _, creds = await env.open("s3", 10)
+        env.clock.offset += 3500
+        async with env.http.put(creds.upload_urls[0], data=b"x" * 10, headers=OCTET) as resp:
+            assert resp.status == 200, await resp.text()
+        env.clock.offset += 200
+        async with env.http.put(creds.upload_urls[0], data=b"x" * 10, headers=OCTET) as resp:
+            assert (resp.status, xml_code(await resp.text())) == (403, "AccessDenied")
