@@ -1,0 +1,215 @@
+"""The planner: local walk edge cases and the decision per key (against an in-memory drive)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from jobs.filters import Filter
+from jobs.plan import PlanSummary, WalkIssue, plan_job, walk_local
+from jobs.spec import JobSpec
+from jobs.state import PlanRow, ScanRow, StateDB
+from tests.jobs.fakes import FakeDrive
+from transfer import ListingInconsistent
+
+pytestmark = pytest.mark.anyio
+
+
+def local_tree(root: Path, files: dict[str, bytes], mtime: float = 1_700_000_000.0) -> None:
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        os.utime(path, (mtime, mtime))
+
+
+def upload_job(tmp_path: Path, **keys: object) -> JobSpec:
+    data = {"name": "j", "kind": "upload", "source": str(tmp_path / "src"), "target": "r:/t"}
+    return JobSpec.model_validate({**data, **keys}, context={"base": tmp_path})
+
+
+async def plan(tmp_path: Path, job: JobSpec, drive: FakeDrive) -> tuple[PlanSummary, list[PlanRow]]:
+    async with StateDB.open(tmp_path / "state.db") as db:
+        run_id = await db.start_run(await db.job_id(job.name))
+        summary = await plan_job(db, run_id, job, drive, now=time.time)
+        rows = [
+            row
+            for action in ("copy", "mkdir", "skip", "fail", "delete")
+            async for page in db.plan_pages(run_id, action)
+            for row in page
+        ]
+    return summary, rows
+
+
+def by_action(rows: list[PlanRow]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for row in rows:
+        out.setdefault(row.action, []).append(row.key)
+    return out
+
+
+def test_br28_walk_skips_symlinks_and_special_files_without_opening_them(tmp_path: Path) -> None:
+    """BR-28: links skipped (warning), FIFO and socket skipped unopened, only a.txt listed."""
+    root = tmp_path / "src"
+    local_tree(root, {"a.txt": b"abc"})
+    (root / "good").symlink_to("a.txt")
+    (root / "dangling").symlink_to("nowhere")
+    (root / "loop").symlink_to(".")
+    os.mkfifo(root / "pipe")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(root / "sock"))
+    try:
+        items = [i for batch in walk_local(root, Filter()) for i in batch]
+    finally:
+        sock.close()
+    rows = [i.key for i in items if isinstance(i, ScanRow)]
+    issues = {i.path: i for i in items if isinstance(i, WalkIssue)}
+    assert rows == ["a.txt"]
+    assert {p: i.kind for p, i in issues.items()} == {
+        "good": "symlink_skipped",
+        "dangling": "symlink_skipped",
+        "loop": "symlink_skipped",
+        "pipe": "special_skipped",
+        "sock": "special_skipped",
+    }
+    assert not any(i.error for i in issues.values())
+
+
+def test_br28_following_links_reports_dangling_once_and_stops_loops(tmp_path: Path) -> None:
+    """BR-28 with follow: good link listed, dangling is one error, loop detected, no hang."""
+    root = tmp_path / "src"
+    local_tree(root, {"a.txt": b"abc"})
+    (root / "good").symlink_to("a.txt")
+    (root / "dangling").symlink_to("nowhere")
+    (root / "loop").symlink_to(".")
+    items = [i for batch in walk_local(root, Filter(), follow_symlinks=True) for i in batch]
+    rows = sorted(i.key for i in items if isinstance(i, ScanRow))
+    errors = [i for i in items if isinstance(i, WalkIssue) and i.error]
+    assert rows == ["a.txt", "good"]
+    assert [(e.path, e.kind) for e in errors] == [("dangling", "dangling_symlink")]
+    assert any(isinstance(i, WalkIssue) and i.kind == "symlink_loop" for i in items)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_unreadable_file_is_an_error_item(tmp_path: Path) -> None:
+    """A file without read permission is reported as an error, not silently dropped."""
+    root = tmp_path / "src"
+    local_tree(root, {"secret.txt": b"x"})
+    (root / "secret.txt").chmod(0)
+    items = [i for batch in walk_local(root, Filter()) for i in batch]
+    assert [(i.path, i.error) for i in items if isinstance(i, WalkIssue)] == [("secret.txt", True)]
+
+
+async def test_br04_nfd_local_name_matches_nfc_remote_and_plans_nothing(tmp_path: Path) -> None:
+    """BR-04: local NFD name vs remote NFC name with equal size and time: no upload."""
+    local_tree(tmp_path / "src", {"Se\u0301ance.flac": b"0123456789"})
+    drive = FakeDrive()
+    drive.put("/t/S\u00e9ance.flac", b"0123456789", 1_700_000_000.0)
+    summary, rows = await plan(tmp_path, upload_job(tmp_path), drive)
+    assert by_action(rows) == {"skip": ["S\u00e9ance.flac"]}
+    assert summary.errors == 0
+
+
+async def test_br04_both_spellings_in_one_folder_are_a_collision(tmp_path: Path) -> None:
+    """BR-04: NFC and NFD spellings side by side fail both; neither replaces the other."""
+    local_tree(tmp_path / "src", {"S\u00e9ance.flac": b"a", "Se\u0301ance.flac": b"b"})
+    summary, rows = await plan(tmp_path, upload_job(tmp_path), FakeDrive())
+    assert [(r.action, r.reason) for r in rows] == [("fail", "nfc_collision")] * 2
+    assert summary.errors == 2
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ("fail", ("fail", "/t/TEST.txt", "case_collision")),
+        ("skip", ("skip", "/t/TEST.txt", "case_collision")),
+        ("rename", ("copy", "/t/TEST (case 1).txt", "case_collision")),
+        ("overwrite", ("copy", "/t/TEST (case 1).txt", "case_collision")),
+    ],
+)
+async def test_br05_case_only_clash_never_replaces_the_other_spelling(
+    tmp_path: Path, policy: str, expected: tuple[str, str, str]
+) -> None:
+    """BR-05: TEST.txt next to a remote test.txt is never written over it."""
+    local_tree(tmp_path / "src", {"TEST.txt": b"B"})
+    drive = FakeDrive()
+    drive.put("/t/test.txt", b"A")
+    _, rows = await plan(tmp_path, upload_job(tmp_path, on_conflict=policy), drive)
+    assert [(r.action, r.dst, r.reason) for r in rows] == [expected]
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ("fail", ("fail", "/t/report.pdf", False)),
+        ("skip", ("skip", "/t/report.pdf", False)),
+        ("overwrite", ("copy", "/t/report.pdf", True)),
+        ("rename", ("copy", "/t/report (2).pdf", False)),
+    ],
+)
+async def test_br32_conflict_policies(
+    tmp_path: Path, policy: str, expected: tuple[str, str, bool]
+) -> None:
+    """BR-32: an existing different target is failed, skipped, versioned or renamed."""
+    local_tree(tmp_path / "src", {"report.pdf": b"v2" * 10})
+    drive = FakeDrive()
+    drive.put("/t/report.pdf", b"v1")
+    drive.put("/t/report (1).pdf", b"taken")
+    _, rows = await plan(tmp_path, upload_job(tmp_path, on_conflict=policy), drive)
+    assert [(r.action, r.dst, r.overwrite) for r in rows if r.key == "report.pdf"] == [expected]
+
+
+async def test_compare_modes_and_filters(tmp_path: Path) -> None:
+    """size-mtime copies a same-size file with a new time; size does not; excluded stays out."""
+    local_tree(tmp_path / "src", {"same.txt": b"aaaa", "tmp/x.txt": b"x"}, mtime=1_800_000_000.0)
+    drive = FakeDrive()
+    drive.put("/t/same.txt", b"bbbb", 1_700_000_000.0)
+    _, rows = await plan(tmp_path, upload_job(tmp_path, exclude=["tmp/**"]), drive)
+    assert by_action(rows) == {"copy": ["same.txt"]}
+    _, rows = await plan(tmp_path, upload_job(tmp_path, compare="size", name="k"), drive)
+    assert by_action(rows)["skip"] == ["same.txt"]
+
+
+async def test_mirror_deletes_top_most_extras_only(tmp_path: Path) -> None:
+    """Mirror plans one delete per extra folder (not its contents) and per extra file."""
+    local_tree(tmp_path / "src", {"keep.txt": b"k"})
+    drive = FakeDrive()
+    drive.put("/t/keep.txt", b"k", (tmp_path / "src" / "keep.txt").stat().st_mtime)
+    drive.put("/t/old/a/b.txt", b"b")
+    drive.put("/t/old b.txt", b"c")
+    drive.put("/t/old/c.txt", b"c")
+    job = upload_job(tmp_path, kind="sync", mode="mirror")
+    _, rows = await plan(tmp_path, job, drive)
+    assert by_action(rows) == {"skip": ["keep.txt"], "delete": ["old", "old b.txt"]}
+
+
+async def test_br29_failed_listing_plans_nothing_and_deletes_nothing(tmp_path: Path) -> None:
+    """BR-29: an inconsistent listing leaves the plan empty and marks the listing incomplete."""
+    local_tree(tmp_path / "src", {"a.txt": b"a"})
+    drive = FakeDrive()
+    drive.walk_error = ListingInconsistent("repeated next_page_token")
+    summary, rows = await plan(tmp_path, upload_job(tmp_path, kind="sync", mode="mirror"), drive)
+    assert rows == []
+    assert not summary.listing_complete
+    assert summary.errors == 1
+
+
+async def test_download_plans_local_targets_and_type_conflicts(tmp_path: Path) -> None:
+    """A download maps drive paths to local relative paths; file-vs-folder is a failed item."""
+    (tmp_path / "dst" / "clash").mkdir(parents=True)
+    drive = FakeDrive()
+    drive.put("/t/sub/a.txt", b"a")
+    drive.put("/t/clash", b"file here")
+    job = JobSpec.model_validate(
+        {"name": "d", "kind": "download", "source": "r:/t", "target": str(tmp_path / "dst")}
+    )
+    _, rows = await plan(tmp_path, job, drive)
+    assert [(r.action, r.key, r.dst) for r in rows] == [
+        ("copy", "sub/a.txt", "sub/a.txt"),
+        ("mkdir", "sub", "sub"),
+        ("fail", "clash", "clash"),
+    ]
