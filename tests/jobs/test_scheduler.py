@@ -1,0 +1,153 @@
+"""The scheduler against an in-memory drive: outcomes, limits, deletes and state records."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+from structlog.testing import capture_logs
+
+from jobs.errors import JobLocked
+from jobs.progress import LogReporter
+from jobs.scheduler import DriveLike, Interrupt, Limiters, RunOutcome, job_lock, run_job, worst_exit
+from jobs.spec import JobSpec
+from jobs.state import StateDB
+from tests.jobs.fakes import FakeDrive
+from transfer import QuotaExceeded, ServerError
+
+pytestmark = pytest.mark.anyio
+
+
+def make_src(root: Path, count: int, size: int = 10) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        (root / f"f{i:03d}.bin").write_bytes(bytes([i % 256]) * size)
+
+
+def job(tmp_path: Path, **keys: object) -> JobSpec:
+    base = {"name": "j", "kind": "sync", "source": str(tmp_path / "src"), "target": "r:/t"}
+    return JobSpec.model_validate({**base, **keys})
+
+
+async def run(tmp_path: Path, spec: JobSpec, drive: FakeDrive) -> RunOutcome:
+    @asynccontextmanager
+    async def connect(_: JobSpec, __: Limiters) -> AsyncIterator[DriveLike]:
+        yield drive
+
+    async with StateDB.open(tmp_path / "state.db") as db:
+        return await run_job(
+            db, spec, connect, reporter=LogReporter(), interrupt=Interrupt(), stats_interval_s=0.05
+        )
+
+
+async def test_run_uploads_everything_then_nothing_and_records_runs(tmp_path: Path) -> None:
+    """A first run copies every file (exit 0), the second copies none; both are recorded."""
+    make_src(tmp_path / "src", 5)
+    drive = FakeDrive()
+    with capture_logs() as logs:
+        first = await run(tmp_path, job(tmp_path), drive)
+    assert (first.exit_code, first.snapshot.transfers) == (0, 5)
+    assert {e["event"] for e in logs} >= {"job_started", "transfer_finished", "job_finished"}
+    second = await run(tmp_path, job(tmp_path), drive)
+    assert (second.exit_code, second.snapshot.transfers, second.planned["skip"][0]) == (0, 0, 5)
+    async with StateDB.open(tmp_path / "state.db") as db:
+        runs = await db.runs("j")
+        assert [(r.status, r.transfers) for r in runs] == [("done", 0), ("done", 5)]
+        assert await db.item_counts("j") == {"done": 5}
+
+
+async def test_failed_item_exits_1_records_it_and_blocks_mirror_deletes(tmp_path: Path) -> None:
+    """One failing upload gives exit 1, a failed item in state, and no mirror delete."""
+    make_src(tmp_path / "src", 3)
+    drive = FakeDrive()
+    drive.put("/t/extra.bin", b"x")
+    drive.fail_paths["/t/f001.bin"] = ServerError(500, -1, "boom")
+    outcome = await run(tmp_path, job(tmp_path, mode="mirror"), drive)
+    assert outcome.exit_code == 1
+    assert drive.deleted == []
+    async with StateDB.open(tmp_path / "state.db") as db:
+        failed = await db.failed_items("j")
+    assert [(key, attempts) for key, attempts, _ in failed] == [("f001.bin", 1)]
+
+    del drive.fail_paths["/t/f001.bin"]
+    again = await run(tmp_path, job(tmp_path, mode="mirror"), drive)
+    assert (again.exit_code, again.snapshot.transfers, again.deletes) == (0, 1, 1)
+    assert drive.deleted == ["/t/extra.bin"]
+
+
+async def test_mirror_refuses_all_deletes_above_max_delete(tmp_path: Path) -> None:
+    """More planned deletes than max_delete: none is done and the run exits 1."""
+    make_src(tmp_path / "src", 1)
+    drive = FakeDrive()
+    for i in range(3):
+        drive.put(f"/t/old{i}.bin", b"x")
+    outcome = await run(tmp_path, job(tmp_path, mode="mirror", max_delete=2), drive)
+    assert outcome.exit_code == 1
+    assert drive.deleted == []
+
+
+async def test_max_transfer_stops_before_passing_the_cap_with_exit_5(tmp_path: Path) -> None:
+    """With max_transfer = 25 bytes and 10-byte files, two files go, then exit 5."""
+    make_src(tmp_path / "src", 5)
+    drive = FakeDrive()
+    outcome = await run(tmp_path, job(tmp_path, max_transfer=25, transfers=1), drive)
+    assert outcome.exit_code == 5
+    assert len(drive.uploads) == 2
+
+
+async def test_max_duration_cancels_in_flight_transfers_with_exit_5(tmp_path: Path) -> None:
+    """A run longer than max_duration is cut short with exit 5 and recorded as limit_reached."""
+    make_src(tmp_path / "src", 2)
+
+    class SlowDrive(FakeDrive):
+        async def upload(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+            await anyio.sleep(30)
+            raise AssertionError("not reached")
+
+    outcome = await run(tmp_path, job(tmp_path, max_duration="200ms"), SlowDrive())
+    assert (outcome.exit_code, outcome.status) == (5, "limit_reached")
+
+
+async def test_fatal_error_stops_the_run_with_exit_6(tmp_path: Path) -> None:
+    """A quota error is fatal: no further file is started and the run exits 6."""
+    make_src(tmp_path / "src", 6)
+    drive = FakeDrive()
+    drive.fail_paths["/t/f000.bin"] = QuotaExceeded(200, 40051, "Insufficient capacity")
+    outcome = await run(tmp_path, job(tmp_path, transfers=1), drive)
+    assert outcome.exit_code == 6
+    assert drive.uploads == []
+
+
+def test_job_lock_is_exclusive(tmp_path: Path) -> None:
+    """A second holder of a job's lock gets JobLocked; other jobs are independent."""
+    with job_lock(tmp_path, "a"), job_lock(tmp_path, "b"):
+        second = job_lock(tmp_path, "a")
+        with pytest.raises(JobLocked):
+            second.__enter__()
+    with job_lock(tmp_path, "a") as path:
+        assert path.read_text() == f"{os.getpid()}\n"
+
+
+def test_worst_exit_orders_severity() -> None:
+    """Interrupts outrank auth and fatal errors, which outrank limits and partial runs."""
+    assert worst_exit([0, 1, 5]) == 5
+    assert worst_exit([1, 3, 6]) == 3
+    assert worst_exit([0, 143]) == 143
+    assert worst_exit([]) == 0
+
+
+def test_example_config_validates_and_documents_every_key(tmp_path: Path) -> None:
+    """config.example.toml is valid and mentions every key the specs accept."""
+    from jobs.config import load_config
+    from jobs.spec import JobSpec, RemoteSpec, StateSpec
+
+    example = Path(__file__).parents[2] / "config.example.toml"
+    load_config(example, tmp_path)
+    text = example.read_text()
+    keys = set(JobSpec.model_fields) | set(RemoteSpec.model_fields) | set(StateSpec.model_fields)
+    missing = sorted(k for k in keys if f"{k} =" not in text)
+    assert missing == []
