@@ -365,31 +365,26 @@ async def test_s8_5_list_validates_page_size_and_category(env: Env, params: dict
 
 
 @pytest.mark.anyio
-async def test_s8_5_downloaded_is_paginated_newest_first(env: Env) -> None:
+async def test_s8_5_downloaded_is_paginated_newest_first(env: Env, settings: None) -> None:
     """Finished downloads page by page_size with a cursor, newest first, each id once."""
     api = env.user
-    _set(env, user_permissions=env.run.app[WORKFLOWS].settings.user_permissions | {9})
-    _set(env, aria2_batch_user=50)
-    try:
-        created = await api.ok(
-            "POST",
-            "/workflow/download",
-            json={"src": [f"file:///nope/{i}" for i in range(12)], "dst": "cloudreve://my"},
-        )
-        for t in created:
-            await api.wait_task(t["id"], "downloaded")
-        first = await api.ok(
-            "GET", "/workflow", params={"page_size": "10", "category": "downloaded"}
-        )
-        assert first["pagination"]["is_cursor"] is True
-        token = first["pagination"]["next_token"]
-        second = await api.ok(
-            "GET",
-            "/workflow",
-            params={"page_size": "10", "category": "downloaded", "next_page_token": token},
-        )
-    finally:
-        _set(env, user_permissions=frozenset({2, 7, 11}), aria2_batch_user=1)
+    granted = env.run.app[WORKFLOWS].settings.user_permissions | {9}
+    _set(env, user_permissions=granted, aria2_batch_user=50)
+    created = await api.ok(
+        "POST",
+        "/workflow/download",
+        json={"src": [f"file:///nope/{i}" for i in range(12)], "dst": "cloudreve://my"},
+    )
+    for t in created:
+        await api.wait_task(t["id"], "downloaded")
+    first = await api.ok("GET", "/workflow", params={"page_size": "10", "category": "downloaded"})
+    assert first["pagination"]["is_cursor"] is True
+    token = first["pagination"]["next_token"]
+    second = await api.ok(
+        "GET",
+        "/workflow",
+        params={"page_size": "10", "category": "downloaded", "next_page_token": token},
+    )
 
     ids = [t["id"] for t in first["tasks"] + second["tasks"]]
     assert len(first["tasks"]) == 10
