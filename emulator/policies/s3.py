@@ -13,6 +13,10 @@ emulator's own fault injection must apply to part uploads. The proxy therefore
 * answers ``411 MissingContentLength`` to a part PUT without a length, as S3 does;
 * forwards everything else to moto, streaming the body both ways.
 
+Limit: moto assembles a completed multipart object in memory, so completing an object needs
+about its size in free RAM; the emulator's own storages (cos, oss, obs, qiniu, onedrive, upyun)
+stream to disk instead.
+
 Workaround: moto fails a complete POST whose body is typed ``x-www-form-urlencoded`` (the
 default of some HTTP clients) with HTTP 500, where S3 ignores the type; the proxy hands moto the
 body as ``application/xml`` so that the S3 behaviour shows.

@@ -122,3 +122,16 @@ async def test_s6_9_part_or_complete_after_completion_is_no_such_upload(tmp_path
             assert (resp.status, xml_code(await resp.text())) == (404, "NoSuchUpload")
         status, body = await post(env, creds.complete_url, complete_xml(etags), FORBID)
         assert (status, xml_code(body)) == (404, "NoSuchUpload")
+
+
+@pytest.mark.anyio
+async def test_s6_3_empty_file_is_one_empty_part(tmp_path: Path) -> None:
+    """A 0-byte file is one signed 0-length part; it completes into an empty object."""
+    async with running_storage(tmp_path) as env:
+        session, creds = await env.open("cos", 0)
+        assert len(creds.upload_urls) == 1
+        etags = await put_parts(env, creds, b"", MiB)
+        assert (await post(env, creds.complete_url, complete_xml(etags), FORBID))[0] == 200
+        assert (await env.callback(session)).status == 200
+        assert env.host.completed == {session.session_id: 0}
+        assert await env.download(session) == b""

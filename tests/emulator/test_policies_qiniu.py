@@ -118,3 +118,14 @@ async def test_s6_3_client_callback_is_refused(tmp_path: Path) -> None:
     async with running_storage(tmp_path) as env:
         session, _ = await env.open("qiniu", 10)
         assert (await env.callback(session, method="POST")).status == 400
+
+
+@pytest.mark.anyio
+async def test_s6_3_part_number_outside_1_to_10000_is_refused(tmp_path: Path) -> None:
+    """Part numbers are 1-based: part 0 (an index sent as the number) gets 400."""
+    async with running_storage(tmp_path) as env:
+        _, creds = await env.open("qiniu", 10)
+        for number in ("0", "10001"):
+            url = f"{creds.upload_urls[0]}/{number}"
+            async with env.http.put(url, data=b"x" * 10, headers=auth(creds)) as resp:
+                assert resp.status == 400, number
