@@ -96,6 +96,20 @@ def chunk_plan(size: int, chunk_size: int, *, single: bool = False) -> ChunkPlan
     return ChunkPlan(size=size, chunk_size=chunk_size, count=max(1, math.ceil(size / chunk_size)))
 
 
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """What one upload call is about: the local file, where it goes, and its journal entry."""
+
+    local: Path
+    path: str
+    uri: str
+    size: int
+    mtime_ms: int
+    overwrite: bool
+    journal: UploadJournal
+    key: str
+
+
 @dataclass(slots=True)
 class _Run:
     """One attempt at sending the chunks of one session."""
@@ -157,47 +171,75 @@ class Uploader:
         """
         size, mtime_ms = await _stat(local)
         path = join_remote(nfc(remote_path) if self.config.upload_nfc else remote_path)
-        uri = to_uri(path)
-        saved = await journal.load(key)
+        target = _Target(local, path, to_uri(path), size, mtime_ms, overwrite, journal, key)
+        saved, concurrency = await self._session_for(target)
+        saved = await self._send_until_done(target, saved, concurrency, progress)
+        entry = await self._verify(local, target.uri, size, saved, journal, key)
+        await journal.session_closed(key)
+        log.info("upload_completed", path=path, size_bytes=size)
+
+        return entry
+
+    async def _session_for(self, target: _Target) -> tuple[SavedUpload, int]:
+        """Resume the journaled session when it is still good, else open a new one."""
+        saved = await target.journal.load(target.key)
         previous = saved
-        if saved is not None and not self._resumable(saved, uri, size):
-            await self._cancel(saved, journal, key)
+        if saved is not None and not self._resumable(saved, target.uri, target.size):
+            await self._cancel(saved, target.journal, target.key)
             saved = None
         if saved is None:
-            session = await self._open(uri, size, mtime_ms, overwrite, journal, key, previous)
-            saved, concurrency = session.saved, session.chunk_concurrency
-        else:
-            concurrency = await self._policy_concurrency(path)
-            log.debug("upload_resumed", path=path, session_acked=len(saved.acked))
+            return await self._new_session(target, previous)
+        log.debug("upload_resumed", path=target.path, session_acked=len(saved.acked))
 
+        return saved, await self._policy_concurrency(target.path)
+
+    async def _new_session(
+        self, target: _Target, previous: SavedUpload | None
+    ) -> tuple[SavedUpload, int]:
+        session = await self._open(
+            target.uri,
+            target.size,
+            target.mtime_ms,
+            target.overwrite,
+            target.journal,
+            target.key,
+            previous,
+        )
+        return session.saved, session.chunk_concurrency
+
+    async def _send_until_done(
+        self,
+        target: _Target,
+        saved: SavedUpload,
+        concurrency: int,
+        progress: Callable[[int], None] | None,
+    ) -> SavedUpload:
+        """Send the chunks; on a lost session check for completion, else start a new session."""
         restarts = 0
         while True:
             try:
-                await self._send(local, key, journal, saved, concurrency, progress)
-                break
+                await self._send(
+                    target.local, target.key, target.journal, saved, concurrency, progress
+                )
+                return saved
             except UploadFailed as exc:
                 if not exc.retryable:
                     # A permanent failure will not be resumed: leave no placeholder behind.
                     with anyio.CancelScope(shield=True):
-                        await self._cancel(saved, journal, key)
+                        await self._cancel(saved, target.journal, target.key)
                 raise
             except SessionExpired as exc:
-                if await self._completed(uri, size, mtime_ms if overwrite else None):
-                    break
+                mtime = target.mtime_ms if target.overwrite else None
+                if await self._completed(target.uri, target.size, mtime):
+                    return saved
                 if restarts >= _MAX_RESTARTS:
                     raise UploadFailed(
-                        str(local), 0, 0, "upload session lost", retryable=True
+                        str(target.local), 0, 0, "upload session lost", retryable=True
                     ) from exc
-                restarts += 1
-                log.warning("upload_session_expired", path=path, session_id=saved.session_id)
-                await self._cancel(saved, journal, key)
-                session = await self._open(uri, size, mtime_ms, overwrite, journal, key, saved)
-                saved, concurrency = session.saved, session.chunk_concurrency
-
-        entry = await self._verify(local, uri, size, saved, journal, key)
-        await journal.session_closed(key)
-        log.info("upload_completed", path=path, size_bytes=size)
-        return entry
+            restarts += 1
+            log.warning("upload_session_expired", path=target.path, session_id=saved.session_id)
+            await self._cancel(saved, target.journal, target.key)
+            saved, concurrency = await self._new_session(target, saved)
 
     def _resumable(self, saved: SavedUpload, uri: str, size: int) -> bool:
         if saved.uri != uri or saved.size != size:
@@ -218,7 +260,10 @@ class Uploader:
         except NotFound:
             return 1
         value = page.policy.get("chunk_concurrency")
-        return value if isinstance(value, int) and value > 0 else 1
+        policy = value if isinstance(value, int) and value > 0 else 1
+        cap = self.config.chunk_concurrency
+
+        return policy if cap is None else min(cap, policy)
 
     async def _open(
         self,
