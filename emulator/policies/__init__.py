@@ -50,10 +50,11 @@ async def open_drivers(
             aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
         )
 
-        s3_like = [S3Driver(t, moto, host, http, clock) for t in ("s3", "ks3")]
+        s3_like = [S3Driver(t, moto, host, http, clock, data_dir) for t in ("s3", "ks3")]
         for driver in s3_like:
             await driver.create_bucket()
             stack.push_async_callback(driver.drop_bucket)
+            stack.push_async_callback(driver.save_objects)
 
         drivers: list[PolicyDriver] = [
             *s3_like,

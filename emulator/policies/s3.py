@@ -24,6 +24,8 @@ body as ``application/xml`` so that the S3 behaviour shows.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import mimetypes
 import secrets
@@ -49,6 +51,7 @@ from emulator.policies._common import (
     READ_BLOCK,
     Clock,
     chunk_lengths,
+    scratch_dir,
     session_chunk_size,
     xml_error,
 )
@@ -140,6 +143,7 @@ class S3Driver:
         host: UploadHost,
         http: aiohttp.ClientSession,
         clock: Clock,
+        data_dir: Path,
     ) -> None:
         self.type = policy_type
         self.bucket = f"cloudreve-{policy_type}-{secrets.token_hex(4)}"
@@ -154,10 +158,45 @@ class S3Driver:
         """session id -> (key, upload id)."""
         self._live: set[str] = set()
         """Upload ids neither completed nor aborted; moto answers HTTP 500 for the others."""
+        self._saved = scratch_dir(data_dir, policy_type) / "objects"
+        """Where the objects rest while no emulator runs (moto keeps them in memory only)."""
 
     async def create_bucket(self) -> None:
-        """Create this driver's bucket in moto."""
-        await self._moto.call(self._moto.client.create_bucket, Bucket=self.bucket)
+        """Create this driver's bucket in moto and load the objects a previous run saved."""
+        client = self._moto.client
+        await self._moto.call(client.create_bucket, Bucket=self.bucket)
+        index = anyio.Path(self._saved / "index.json")
+        if not await index.is_file():
+            return
+        saved: dict[str, dict[str, str]] = json.loads(await index.read_text())
+        for key, entry in saved.items():
+            await self._moto.call(
+                client.upload_file,
+                Filename=str(self._saved / entry["file"]),
+                Bucket=self.bucket,
+                Key=key,
+                ExtraArgs={"ContentType": entry["type"]},
+            )
+        log.debug("storage_objects_restored", policy=self.type, count=len(saved))
+
+    async def save_objects(self) -> None:
+        """Copy every object to disk, so a later run on the same data directory has them."""
+        client = self._moto.client
+        paginator = client.get_paginator("list_objects_v2")
+        pages = await anyio.to_thread.run_sync(lambda: list(paginator.paginate(Bucket=self.bucket)))
+        await anyio.Path(self._saved).mkdir(exist_ok=True)
+        index: dict[str, dict[str, str]] = {}
+        for obj in (o for page in pages for o in page.get("Contents", [])):
+            key = obj["Key"]
+            name = hashlib.sha256(key.encode()).hexdigest()
+            await self.fetch_blob(key, self._saved / name)
+            head = await self._moto.call(client.head_object, Bucket=self.bucket, Key=key)
+            index[key] = {"file": name, "type": str(head.get("ContentType", ""))}
+        kept = {"index.json"} | {e["file"] for e in index.values()}
+        async for stale in anyio.Path(self._saved).iterdir():
+            if stale.name not in kept:
+                await stale.unlink()
+        await anyio.Path(self._saved / "index.json").write_text(json.dumps(index))
 
     async def drop_bucket(self) -> None:
         """Abort open uploads, delete every object and the bucket (moto keeps state per process)."""

@@ -187,3 +187,22 @@ async def test_s11_1_expiry_follows_an_emulator_clock_that_runs_ahead(tmp_path: 
         env.clock.offset += 200
         async with env.http.put(creds.upload_urls[0], data=b"x" * 10, headers=OCTET) as resp:
             assert (resp.status, xml_code(await resp.text())) == (403, "AccessDenied")
+
+
+@pytest.mark.anyio
+async def test_objects_survive_an_emulator_restart_on_the_same_data_dir(tmp_path: Path) -> None:
+    """Objects in moto are saved on close and loaded on the next start with the same data dir."""
+    src = tmp_path / "src.bin"
+    src.write_bytes(payload(70_000))
+    async with running_storage(tmp_path) as env:
+        await env.drivers["s3"].put_blob("keep/a.bin", src)
+        await env.drivers["ks3"].put_blob("keep/b.bin", src)
+        await env.drivers["s3"].put_blob("gone/c.bin", src)
+        await env.drivers["s3"].delete_blob("gone/c.bin")
+    async with running_storage(tmp_path) as env:
+        for policy_type, key in (("s3", "keep/a.bin"), ("ks3", "keep/b.bin")):
+            out = tmp_path / f"{policy_type}.out"
+            await env.drivers[policy_type].fetch_blob(key, out)
+            assert out.read_bytes() == src.read_bytes()
+        with pytest.raises(FileNotFoundError):
+            await env.drivers["s3"].fetch_blob("gone/c.bin", tmp_path / "c.out")
