@@ -39,6 +39,7 @@ class EmulatorConfig:
 
     ``chunk_size`` 0 means the policy's default (25 MiB for local/remote, the driver's default for
     the others). ``quota`` is each user's ``max_storage`` in bytes (admins get 1 TB unless set).
+    ``extra`` holds free-form settings read by add-on modules (e.g. the workflow routes).
     """
 
     data_dir: Path

@@ -32,7 +32,8 @@ from emulator.core import (
 )
 from emulator.errors import ApiError
 from emulator.faults import CUT_RESPONSE_AFTER
-from emulator.files import resolve
+from emulator.files import MAX_BATCH, resolve
+from emulator.session import require_user
 from emulator.store import LOCAL_STORAGE_TYPES, Entity, FileRow
 
 log = structlog.get_logger("emulator.content")
@@ -94,8 +95,13 @@ async def create_urls(request: web.Request) -> web.StreamResponse:
     entity_raw = field_str(body, "entity")
     if entity_raw and len(uris) != 1:
         raise errors.param_error()
+    if len(uris) > MAX_BATCH:
+        raise ApiError(errors.TOO_MANY_URIS, "Too many URIs")
     if field_bool(body, "archive"):
-        raise ApiError(errors.GROUP_NOT_ALLOWED, "Archive download is not enabled")
+        if not require_user(request).is_admin:
+            raise ApiError(errors.GROUP_NOT_ALLOWED, "Group not allowed to download archives")
+        # TODO: server-side zip download (archive: true) is not emulated; admins get 40019.
+        raise ApiError(errors.FEATURE_NOT_ENABLED, "Archive download is not emulated")
     urls: list[dict[str, Any]] = []
     failed: dict[str, dict[str, Any]] = {}
     earliest: float | None = None

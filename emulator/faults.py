@@ -29,6 +29,7 @@ HTTP API (admin only, same JSON envelope as the rest of the API):
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 import time
 from collections import Counter
@@ -83,15 +84,21 @@ def _normalise(pattern: str) -> str:
     return re.sub(r"\{[^}]*\}", "{}", pattern)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestRecord:
-    """One request seen by the emulator."""
+    """One request seen by the emulator; ``status`` is set once the answer is ready.
+
+    ``status`` stays None when the connection was cut or the handler crashed, and ``code`` is
+    the envelope code of JSON answers (None for other bodies).
+    """
 
     method: str
     pattern: str
     path: str
     params: dict[str, str]
     query: dict[str, str]
+    status: int | None = None
+    code: int | None = None
 
 
 @dataclass(slots=True)
@@ -124,6 +131,10 @@ class RequestLog:
     def param_values(self, method: str, pattern: str, param: str) -> list[str]:
         """Return a route parameter (or query value) of each matching request, in order."""
         return [r.params.get(param, r.query.get(param, "")) for r in self.matching(method, pattern)]
+
+    def statuses(self, method: str, pattern: str) -> list[int | None]:
+        """Return the HTTP status of each matching request, in order."""
+        return [r.status for r in self.matching(method, pattern)]
 
     def by_route(self) -> Counter[tuple[str, str]]:
         """Return counts keyed by ``(method, pattern)``."""
@@ -248,16 +259,34 @@ async def fault_middleware(request: web.Request, handler: Handler) -> web.Stream
 
     st = request.app[STATE]
     pattern = route_pattern(request)
-    st.requests.add(
-        RequestRecord(
-            method=request.method,
-            pattern=pattern,
-            path=request.path,
-            params=dict(request.match_info),
-            query=dict(request.query),
-        )
+    record = RequestRecord(
+        method=request.method,
+        pattern=pattern,
+        path=request.path,
+        params=dict(request.match_info),
+        query=dict(request.query),
     )
-    rule = st.faults.pick(request.method, request.path, pattern)
+    st.requests.add(record)
+    response = await _apply(request, handler, st.faults.pick(request.method, request.path, pattern))
+    record.status = response.status
+    if isinstance(response, web.Response) and response.content_type == "application/json":
+        record.code = _envelope_code(response.body)
+    return response
+
+
+def _envelope_code(body: Any) -> int | None:
+    if not isinstance(body, bytes):
+        return None
+    try:
+        code = json.loads(body).get("code")
+    except (ValueError, AttributeError):
+        return None
+    return code if isinstance(code, int) else None
+
+
+async def _apply(
+    request: web.Request, handler: Handler, rule: FaultRule | None
+) -> web.StreamResponse:
     if rule is None:
         return await handler(request)
     log.warning("fault_injected", rule_id=rule.id, method=request.method, path=request.path)

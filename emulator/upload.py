@@ -507,10 +507,10 @@ async def slave_upload(request: web.Request) -> web.Response:
     if not header.startswith("Bearer Cr "):
         raise ApiError(errors.NO_PERMISSION, "Missing authorization")
     check_signature(st, request, header[len("Bearer Cr ") :])
-    try:
-        index = int(request.query.get("chunk", "0") or "0")
-    except ValueError as exc:
-        raise errors.param_error() from exc
+    # Workaround: the real slave parses ``chunk`` with Atoi and ignores the error, so a missing
+    # or malformed value means chunk 0.
+    raw_chunk = request.query.get("chunk", "0")
+    index = int(raw_chunk) if raw_chunk.lstrip("-").isdigit() else 0
     sess = core.live(request.match_info["session_id"])
     if sess is None:
         raise ApiError(errors.UPLOAD_SESSION_EXPIRED, "Upload session expired or not exist")

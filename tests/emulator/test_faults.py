@@ -51,6 +51,9 @@ async def test_fault_route_pattern_matches_any_param_names(api: Api, emu: Emulat
         status, _ = await api.call("POST", f"/file/upload/{sid}/{index}", data=chunk)
         statuses.append(status)
     assert statuses == [200, 500, 500, 200, 200]
+    assert emu.requests.statuses("POST", "/api/v4/file/upload/{id}/{index}") == statuses
+    codes = [r.code for r in emu.requests.matching("POST", "/api/v4/file/upload/{id}/{index}")]
+    assert codes == [0, None, None, 0, 0]
     assert await api.download("cloudreve://my/a") == b"0123456789ab"
 
 
