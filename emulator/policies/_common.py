@@ -86,12 +86,11 @@ def xml_error(status: int, code: str, message: str, **extra: str) -> web.Respons
 
 
 class BlobDir:
-    """Finished objects of one emulated storage, one file per key."""
+    """Finished objects of one emulated storage, one file per key (content type beside it)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
-        self._mime: dict[str, str] = {}
 
     def path(self, key: str) -> Path:
         """Return the file that holds (or would hold) ``key``."""
@@ -104,15 +103,20 @@ class BlobDir:
         except FileNotFoundError:
             return None
 
+    def _type_path(self, key: str) -> Path:
+        return self.path(key).with_suffix(".type")
+
     def mime(self, key: str) -> str:
         """Return the content type the blob was stored with."""
-        return self._mime.get(key, "application/octet-stream")
+        try:
+            return self._type_path(key).read_text() or "application/octet-stream"
+        except FileNotFoundError:
+            return "application/octet-stream"
 
     async def commit(self, key: str, src: Path, mime: str = "") -> None:
         """Move the finished file ``src`` into place as ``key`` (atomic on one file system)."""
         await anyio.Path(src).rename(self.path(key))
-        if mime:
-            self._mime[key] = mime
+        await anyio.Path(self._type_path(key)).write_text(mime)
 
     async def put(self, key: str, src: Path) -> None:
         """Copy the local file ``src`` in as ``key``."""
@@ -130,8 +134,8 @@ class BlobDir:
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; a missing blob is not an error."""
-        self._mime.pop(key, None)
         await anyio.Path(self.path(key)).unlink(missing_ok=True)
+        await anyio.Path(self._type_path(key)).unlink(missing_ok=True)
 
 
 @dataclass(slots=True)

@@ -49,6 +49,9 @@ async def test_s6_3_form_upload_notifies_and_downloads(tmp_path: Path) -> None:
         assert body["file_size"] == len(data)
         assert env.host.completed == {session.session_id: len(data)}
         assert await env.download(session) == data
+        url = await env.drivers["upyun"].download_url(session.storage_key, "a.png", 60, False)
+        async with env.http.head(url) as resp:
+            assert resp.content_type == "image/png"
 
 
 @pytest.mark.anyio
