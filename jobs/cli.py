@@ -46,8 +46,8 @@ from jobs.scheduler import (
     EXIT_LOCKED,
     EXIT_USAGE,
     DriveLike,
+    DriveOptions,
     Interrupt,
-    Limiters,
     RunOutcome,
     job_lock,
     run_job,
@@ -260,7 +260,7 @@ class _Connector:
         self._remotes = remotes
 
     @asynccontextmanager
-    async def __call__(self, job: JobSpec, limits: Limiters) -> AsyncIterator[DriveLike]:
+    async def __call__(self, job: JobSpec, limits: DriveOptions) -> AsyncIterator[DriveLike]:
         name = job.target.remote or job.source.remote
         assert name is not None
         tokens = self._config.state_dir / "tokens"
@@ -274,6 +274,7 @@ class _Connector:
             ),
             up_limit=limits.up,
             down_limit=limits.down,
+            on_retry=limits.on_retry,
         ) as drive:
             yield drive
 
@@ -291,7 +292,7 @@ async def _plan(
         async with StateDB.open(_state_path(config)) as db:
             run_id = await db.start_run(await db.job_id(job.name))
             try:
-                async with connect(job, Limiters(None, None)) as drive:
+                async with connect(job, DriveOptions(None, None)) as drive:
                     summary = await plan_job(db, run_id, job, drive, now=time.time)
                 await _print_plan(db, run_id, job, summary.actions, limit)
                 for issue in summary.issues:
@@ -351,8 +352,7 @@ async def _run(
     async with StateDB.open(_state_path(config)) as db, anyio.create_task_group() as tg:
         tg.start_soon(_watch_signals, tg.cancel_scope, interrupt)
         for job in jobs:
-            reporter: Reporter = RichReporter(sys.stderr) if use_bars else LogReporter()
-            codes.append(await _run_locked(config, db, job, connect, reporter, interrupt, args))
+            codes.append(await _run_locked(config, db, job, connect, use_bars, interrupt, args))
         tg.cancel_scope.cancel()
     if interrupt.signum is not None:
         return 128 + interrupt.signum
@@ -364,10 +364,11 @@ async def _run_locked(
     db: StateDB,
     job: JobSpec,
     connect: _Connector,
-    reporter: Reporter,
+    bars: bool,
     interrupt: Interrupt,
     args: argparse.Namespace,
 ) -> int:
+    reporter: Reporter = RichReporter(sys.stderr) if bars else LogReporter()
     try:
         with job_lock(config.state_dir, job.name):
             outcome = await run_job(
@@ -376,7 +377,7 @@ async def _run_locked(
                 connect,
                 reporter=reporter,
                 interrupt=interrupt,
-                stats_interval_s=args.stats_interval,
+                stats_interval_s=min(args.stats_interval, 0.5) if bars else args.stats_interval,
             )
     except JobLocked as exc:
         print(f"ferry: {exc}", file=sys.stderr)
@@ -425,6 +426,12 @@ async def _status(config: AppConfig) -> int:
                 due = croniter(job.schedule, datetime.now()).get_next(datetime)
                 line += f"; next due {due:%Y-%m-%d %H:%M} ({job.schedule})"
             print(line)
+            counts = await db.item_counts(job.name)
+            if counts:
+                print(
+                    "    items: "
+                    + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+                )
             for key, attempts, error in await db.failed_items(job.name, limit=10):
                 print(f"    failed x{attempts}: {key}: {error}")
     return EXIT_DONE

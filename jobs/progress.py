@@ -6,7 +6,7 @@ reads the stats itself.
 
 from __future__ import annotations
 
-from typing import IO, Protocol
+from typing import Protocol, TextIO
 
 import structlog
 from rich.console import Console
@@ -80,9 +80,9 @@ class LogReporter:
 
 
 class RichReporter:
-    """Draws a bytes bar and a files bar on a terminal (stderr)."""
+    """Draws one bar of bytes, labelled with files done, on a terminal (stderr)."""
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: TextIO) -> None:
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -90,23 +90,26 @@ class RichReporter:
             TransferSpeedColumn(),
             TimeRemainingColumn(),
             console=Console(file=stream),
-            transient=False,
         )
-        self._bytes: TaskID | None = None
-        self._files: TaskID | None = None
+        self._task: TaskID | None = None
+        self._job = ""
+        self._files = 0
 
     def start(self, job: str, files: int, total_bytes: int) -> None:
-        """Create the bars and start drawing."""
+        """Create the bar and start drawing."""
+        self._job, self._files = job, files
         self._progress.start()
-        self._bytes = self._progress.add_task(f"{job} bytes", total=max(total_bytes, 1))
-        self._files = self._progress.add_task(f"{job} files ({files})", total=max(files, 1))
+        self._task = self._progress.add_task(self._label(0), total=max(total_bytes, 1))
+
+    def _label(self, done: int) -> str:
+        return f"{self._job} {done}/{self._files} files"
 
     def update(self, snap: StatsSnapshot) -> None:
-        """Move the bars to the counters now."""
-        if self._bytes is None or self._files is None:
+        """Move the bar to the counters now."""
+        if self._task is None:
             return
-        self._progress.update(self._bytes, completed=snap.bytes)
-        self._progress.update(self._files, completed=snap.transfers + snap.errors)
+        done = snap.transfers + snap.errors
+        self._progress.update(self._task, completed=snap.bytes, description=self._label(done))
 
     def stop(self, snap: StatsSnapshot) -> None:
         """Draw the last state and stop."""

@@ -53,8 +53,8 @@ __all__ = [
     "EXIT_USAGE",
     "Connect",
     "DriveLike",
+    "DriveOptions",
     "Interrupt",
-    "Limiters",
     "RunOutcome",
     "job_lock",
     "run_job",
@@ -107,14 +107,15 @@ class DriveLike(RemoteLister, Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Limiters:
-    """The bandwidth buckets of a run, one per direction (None when unlimited)."""
+class DriveOptions:
+    """What a run hands to the drive: bandwidth buckets (None = unlimited) and a retry hook."""
 
     up: BandwidthLimiter | None
     down: BandwidthLimiter | None
+    on_retry: Callable[[object], None] | None = None
 
 
-Connect = Callable[[JobSpec, Limiters], AbstractAsyncContextManager[DriveLike]]
+Connect = Callable[[JobSpec, DriveOptions], AbstractAsyncContextManager[DriveLike]]
 """Opens a signed-in drive for the remote side of a job."""
 
 
@@ -234,11 +235,11 @@ async def run_job(
         "job_started", kind=job.kind, mode=job.mode, source=str(job.source), target=str(job.target)
     )
     try:
-        limiters = _limiters(job)
-        async with connect(job, limiters) as drive:
+        options = _options(job, stats)
+        async with connect(job, options) as drive:
             summary = await plan_job(db, run_id, job, drive, now=time.time)
             if summary.listing_complete:
-                await _execute(run, drive, summary, limiters)
+                await _execute(run, drive, summary, options)
         exit_code, status, message = _verdict(run, summary)
     except AuthError as exc:
         exit_code, status, message = EXIT_AUTH, "auth_failed", str(exc)
@@ -301,23 +302,28 @@ def _verdict(run: _Run, summary: PlanSummary) -> tuple[int, str, str]:
     return EXIT_DONE, "done", ""
 
 
-def _limiters(job: JobSpec) -> Limiters:
+def _options(job: JobSpec, stats: Stats) -> DriveOptions:
+    def on_retry(_: object) -> None:
+        stats.record_retry()
+
     if job.bwlimit is None:
-        return Limiters(None, None)
-    rate = job.bwlimit.rate_at(datetime.now().time()) or _UNLIMITED
+        return DriveOptions(None, None, on_retry)
+    limiter = BandwidthLimiter(job.bwlimit.rate_at(datetime.now().time()) or _UNLIMITED)
     if job.target.is_remote:
-        return Limiters(BandwidthLimiter(rate), None)
-    return Limiters(None, BandwidthLimiter(rate))
+        return DriveOptions(limiter, None, on_retry)
+    return DriveOptions(None, limiter, on_retry)
 
 
-async def _execute(run: _Run, drive: DriveLike, summary: PlanSummary, limiters: Limiters) -> None:
+async def _execute(
+    run: _Run, drive: DriveLike, summary: PlanSummary, options: DriveOptions
+) -> None:
     """Create folders, transfer files in parallel, then apply mirror deletes."""
     copies = summary.actions.get("copy", (0, 0))
     run.reporter.start(run.job.name, copies[0], copies[1])
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stats_timer, run)
-            tg.start_soon(_bandwidth_timer, run, limiters)
+            tg.start_soon(_bandwidth_timer, run, options)
             await _transfer_phase(run, drive)
             tg.cancel_scope.cancel()
     finally:
@@ -474,10 +480,10 @@ async def _stats_timer(run: _Run) -> None:
         run.reporter.update(run.stats.snapshot())
 
 
-async def _bandwidth_timer(run: _Run, limiters: Limiters) -> None:
+async def _bandwidth_timer(run: _Run, options: DriveOptions) -> None:
     """Follow the time-of-day bandwidth table while the run lasts."""
     schedule = run.job.bwlimit
-    limiter = limiters.up or limiters.down
+    limiter = options.up or options.down
     if schedule is None or limiter is None or len(schedule.slots) < 2:
         return
     while True:

@@ -506,6 +506,16 @@ class StateDB:
                 (task_id, job_id, run_id, kind, status, time.time()),
             )
 
+    async def server_tasks(self, job: str) -> list[tuple[str, str, str]]:
+        """Return ``(task_id, kind, status)`` of the job's recorded server tasks."""
+        async with self._conn.execute(
+            "SELECT server_tasks.id, kind, status FROM server_tasks JOIN jobs"
+            " ON jobs.id = server_tasks.job_id WHERE jobs.name = ? ORDER BY server_tasks.id",
+            (job,),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [(str(i), str(k), str(s)) for i, k, s in rows]
+
     # upload journal
 
     def journal(self) -> SqliteJournal:

@@ -26,8 +26,8 @@ CHUNK_ROUTE = "/api/v4/file/upload/{id}/{index}"
 
 
 @asynccontextmanager
-async def emulator(tmp_path: Path, **opts: object) -> AsyncIterator[EmulatorHandle]:
-    async with running_emulator(tmp_path, users={EMAIL: PASSWORD}, chunk_size=CHUNK, **opts) as emu:
+async def emulator(tmp_path: Path) -> AsyncIterator[EmulatorHandle]:
+    async with running_emulator(tmp_path, users={EMAIL: PASSWORD}, chunk_size=CHUNK) as emu:
         yield emu
 
 

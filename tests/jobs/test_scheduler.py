@@ -13,7 +13,15 @@ from structlog.testing import capture_logs
 
 from jobs.errors import JobLocked
 from jobs.progress import LogReporter
-from jobs.scheduler import DriveLike, Interrupt, Limiters, RunOutcome, job_lock, run_job, worst_exit
+from jobs.scheduler import (
+    DriveLike,
+    DriveOptions,
+    Interrupt,
+    RunOutcome,
+    job_lock,
+    run_job,
+    worst_exit,
+)
 from jobs.spec import JobSpec
 from jobs.state import StateDB
 from tests.jobs.fakes import FakeDrive
@@ -35,7 +43,7 @@ def job(tmp_path: Path, **keys: object) -> JobSpec:
 
 async def run(tmp_path: Path, spec: JobSpec, drive: FakeDrive) -> RunOutcome:
     @asynccontextmanager
-    async def connect(_: JobSpec, __: Limiters) -> AsyncIterator[DriveLike]:
+    async def connect(_: JobSpec, __: DriveOptions) -> AsyncIterator[DriveLike]:
         yield drive
 
     async with StateDB.open(tmp_path / "state.db") as db:

@@ -110,6 +110,16 @@ async def test_100k_item_plan_is_written_and_read_back_in_batches(tmp_path: Path
     assert planned - started < 60
 
 
+async def test_server_task_ids_are_kept_with_their_last_status(tmp_path: Path) -> None:
+    """A server task id is recorded once and its status updated in place."""
+    async with StateDB.open(tmp_path / "s.db") as db:
+        job = await db.job_id("j")
+        run = await db.start_run(job)
+        await db.record_task("task-1", job, run, "remote_download", "queued")
+        await db.record_task("task-1", job, run, "remote_download", "completed")
+        assert await db.server_tasks("j") == [("task-1", "remote_download", "completed")]
+
+
 CHILD = """
 import anyio, sys
 from pathlib import Path
