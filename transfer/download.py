@@ -43,6 +43,7 @@ _SEGMENT_BYTES = 16 << 20
 _SEGMENTS = 4
 _WRITE_BLOCK = 1 << 20
 _MAX_URL_REFRESHES = 3
+_CHECKPOINT_EVERY_S = 1.0
 _MAX_RESTARTS = 1
 _URL_DEAD = frozenset({401, 403, 404, 410})
 
@@ -101,6 +102,7 @@ class _Job:
     """Bytes on disk per unfinished segment: where a resumed segment continues."""
     error: FerryError | _Restart | None = None
     state_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    saved_at: float = 0.0
 
     @property
     def segments(self) -> int:
@@ -286,6 +288,8 @@ class Downloader:
         await self._checkpoint(job)
 
     async def _checkpoint(self, job: _Job) -> None:
+        """Persist which bytes are on disk (at most every second while data flows)."""
+        job.saved_at = time.monotonic()
         async with job.state_lock:
             await anyio.to_thread.run_sync(self._save_state, job)
 
@@ -317,6 +321,7 @@ class Downloader:
                 # Bytes that arrived before the failure are good: keep them for the resume.
                 if buffer:
                     await self._write(job, index, fd, pos, bytes(buffer))
+                await self._checkpoint(job)
                 raise
             if buffer:
                 pos = await self._write(job, index, fd, pos, bytes(buffer))
@@ -331,7 +336,8 @@ class Downloader:
         if job.progress is not None:
             job.progress(len(data))
         job.reached[index] = pos + len(data)
-        await self._checkpoint(job)
+        if time.monotonic() - job.saved_at >= _CHECKPOINT_EVERY_S:
+            await self._checkpoint(job)
         return pos + len(data)
 
     async def _check_answer(
