@@ -69,3 +69,24 @@ def test_cli_rejects_bad_values() -> None:
     args = parser.parse_args(["serve", "--data", "x", "--server-version", "four"])
     with pytest.raises(ConfigError, match="server_version"):
         config_from_args(args)
+
+
+def test_cli_flags_map_to_config() -> None:
+    """Every serve flag lands in the config."""
+    args = build_parser().parse_args(
+        [
+            "serve", "--data", "d", "--port", "0", "--user", "a@x.io:pass1", "--user",
+            "b@x.io:pass2", "--admin", "b@x.io", "--totp-secret", "a@x.io:JBSWY3DPEHPK3PXP",
+            "--policy", "remote", "--chunk-size", "1024", "--chunk-concurrency", "3",
+            "--quota", "99", "--token-ttl", "60", "--session-ttl", "120",
+            "--obfuscate-thumbs",
+        ]
+    )  # fmt: skip
+    cfg = config_from_args(args)
+    assert cfg.users == (("a@x.io", "pass1"), ("b@x.io", "pass2"))
+    assert cfg.admins == ("b@x.io",)
+    assert cfg.totp_secrets == (("a@x.io", "JBSWY3DPEHPK3PXP"),)
+    assert (cfg.policy, cfg.chunk_size, cfg.chunk_concurrency) == ("remote", 1024, 3)
+    assert (cfg.quota, cfg.token_ttl, cfg.session_ttl) == (99, 60, 120)
+    assert cfg.obfuscate_thumbs is True
+    assert cfg.legacy_upload is False

@@ -59,3 +59,30 @@ def test_s4_uri_parsing_cleans_and_decodes() -> None:
     with pytest.raises(ApiError):
         parse_uri("cloudreve://nope/x")
     assert str(parse_uri("cloudreve://MY/100%25.txt")) == "cloudreve://my/100%25.txt"
+
+
+async def test_store_state_survives_a_restart(tmp_path: Path) -> None:
+    """Files, users and the signing secret persist in the data dir; upload sessions do not."""
+    import aiohttp
+
+    from emulator.testing import running_emulator
+    from tests.emulator.conftest import no_drivers
+
+    async with (
+        running_emulator(tmp_path, chunk_size=4, drivers=no_drivers) as emu,
+        aiohttp.ClientSession() as http,
+    ):
+        api = Api(http, emu.url)
+        await api.sign_in(USER, emu.users[USER])
+        await api.upload("cloudreve://my/keep.txt", b"kept")
+        sess = await api.ok("PUT", "/file/upload", json={"uri": "cloudreve://my/u", "size": 4})
+    async with (
+        running_emulator(tmp_path, chunk_size=4, drivers=no_drivers) as emu,
+        aiohttp.ClientSession() as http,
+    ):
+        again = Api(http, emu.url)
+        again.token = api.token
+        assert await again.download("cloudreve://my/keep.txt") == b"kept"
+        _, body = await again.call("POST", f"/file/upload/{sess['session_id']}/0", data=b"0123")
+        assert body["code"] == 40011
+        assert len(emu.store.users()) == 2
