@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import anyio
 import structlog
@@ -203,7 +204,7 @@ def file_json(
         "owned": viewer is not None and viewer.id == item.owner_id,
         "primary_entity": hashids.encode(item.primary_entity or 0, hashids.ENTITY),
     }
-    if st.store.db.execute("SELECT 1 FROM shares WHERE file_id=?", (item.id,)).fetchone():
+    if st.store.is_shared(item.id):
         body["shared"] = True
     if summary and item.is_folder:
         body["folder_summary"] = folder_summary(st, item)
@@ -344,8 +345,6 @@ async def list_files(request: web.Request) -> web.Response:
 
 
 def _search_filter(query: str) -> dict[str, list[str]]:
-    from urllib.parse import parse_qs
-
     parsed = parse_qs(query, keep_blank_values=True)
     return {k: v for k, v in parsed.items() if k in ("name", "type", "case_folding", "use_or")}
 
@@ -549,7 +548,8 @@ async def move(request: web.Request) -> web.Response:
             and (dst_path == src_path or dst_path.startswith(src_path.rstrip("/") + "/"))
         ):
             raise ApiError(errors.NO_PERMISSION, "Cannot move a folder into itself")
-        if st.store.child(dst.id, item.name) is not None:
+        name = file_json(st, item, None)["name"] if item.trashed else item.name
+        if st.store.child(dst.id, name) is not None:
             raise BatchAbort(ApiError(errors.OBJECT_EXIST, "Object existed"))
         if uri.fs == "my" and not copy:
             held = st.store.locked(user.id, src_path, subtree=True)
@@ -558,10 +558,7 @@ async def move(request: web.Request) -> web.Response:
         if copy:
             st.store.copy(item, dst)
         elif item.trashed:
-            st.store.update_file(item.id, parent_id=dst.id)
-            st.store.db.execute("UPDATE files SET trashed=0 WHERE id=?", (item.id,))
-            st.store.delete_metadata(item.id, "sys:restore_uri")
-            st.store.delete_metadata(item.id, "sys:expected_collect_time")
+            st.store.untrash_into(item, dst)
         else:
             st.store.move(item, dst)
 

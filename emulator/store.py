@@ -795,6 +795,28 @@ class Store:
             )
         return self.file(item.id)
 
+    def untrash_into(self, item: FileRow, dst: FileRow) -> FileRow:
+        """Move a trash item into folder ``dst`` under its original name (trash -> my move)."""
+        meta = self.metadata(item.id)
+        name = (
+            parent_of(parse_uri(meta["sys:restore_uri"]).path)[1]
+            if meta.get("sys:restore_uri")
+            else item.name
+        )
+        if self.child(dst.id, name) is not None:
+            raise ApiError(errors.OBJECT_EXIST, "Object existed")
+        with self.tx() as db:
+            db.execute(
+                "UPDATE files SET parent_id=?, name=?, trashed=0 WHERE id=?",
+                (dst.id, name, item.id),
+            )
+            db.execute(
+                "DELETE FROM metadata WHERE file_id=? AND key IN"
+                " ('sys:restore_uri', 'sys:expected_collect_time')",
+                (item.id,),
+            )
+        return self.file(item.id)
+
     def trash_items(self, owner_id: int) -> list[FileRow]:
         """Return the top-level items of the user's trash."""
         rows = self.db.execute(
@@ -1095,6 +1117,49 @@ class Store:
         )
         assert cur.lastrowid is not None
         return cur.lastrowid
+
+    def is_shared(self, file_id: int) -> bool:
+        """True when a share link points at the file."""
+        row = self.db.execute("SELECT 1 FROM shares WHERE file_id=?", (file_id,)).fetchone()
+        return row is not None
+
+    def update_share(
+        self,
+        share_id: int,
+        password: str,
+        is_private: bool,
+        downloads: int,
+        expires: float | None,
+    ) -> None:
+        """Change a share's settings."""
+        self.db.execute(
+            "UPDATE shares SET is_private=?, password=?, downloads=?, expires=? WHERE id=?",
+            (int(is_private), password, downloads, expires, share_id),
+        )
+
+    def count_share_view(self, share_id: int) -> None:
+        """Count one visit of a share."""
+        self.db.execute("UPDATE shares SET visited=visited+1 WHERE id=?", (share_id,))
+
+    def dav_account(self, owner_id: int, dav_id: int) -> sqlite3.Row:
+        """Return a user's WebDAV account (404 when unknown or someone else's)."""
+        row = self.db.execute(
+            "SELECT * FROM dav_accounts WHERE id=? AND owner_id=?", (dav_id, owner_id)
+        ).fetchone()
+        if row is None:
+            raise ApiError(errors.NOT_FOUND, "Account not found")
+        return row  # type: ignore[no-any-return]  # sqlite3.Row is untyped
+
+    def update_dav_account(self, dav_id: int, name: str, uri: str, options: int) -> None:
+        """Change a WebDAV account."""
+        self.db.execute(
+            "UPDATE dav_accounts SET name=?, uri=?, options=? WHERE id=?",
+            (name, uri, options, dav_id),
+        )
+
+    def delete_dav_account(self, dav_id: int) -> None:
+        """Remove a WebDAV account."""
+        self.db.execute("DELETE FROM dav_accounts WHERE id=?", (dav_id,))
 
     def dav_accounts(self, owner_id: int) -> list[sqlite3.Row]:
         """Return a user's WebDAV accounts."""

@@ -194,8 +194,7 @@ async def create_dav(request: web.Request) -> web.Response:
     body = await read_json(request)
     name, raw = _dav_body(request, body)
     new_id = st.store.create_dav_account(user.id, name, raw, _dav_options(body))
-    row = st.store.db.execute("SELECT * FROM dav_accounts WHERE id=?", (new_id,)).fetchone()
-    return ok(_dav_json(row))
+    return ok(_dav_json(st.store.dav_account(user.id, new_id)))
 
 
 def _own_dav(st: State, user: User, raw_id: str) -> int:
@@ -203,11 +202,7 @@ def _own_dav(st: State, user: User, raw_id: str) -> int:
         dav_id = hashids.decode(raw_id, hashids.DAV_ACCOUNT)
     except hashids.HashIdError as exc:
         raise ApiError(errors.PARAM_ERR, "Failed to parse object ID") from exc
-    row = st.store.db.execute(
-        "SELECT id FROM dav_accounts WHERE id=? AND owner_id=?", (dav_id, user.id)
-    ).fetchone()
-    if row is None:
-        raise ApiError(errors.NOT_FOUND, "Account not found")
+    st.store.dav_account(user.id, dav_id)
     return dav_id
 
 
@@ -219,12 +214,8 @@ async def update_dav(request: web.Request) -> web.Response:
     dav_id = _own_dav(st, user, request.match_info["id"])
     body = await read_json(request)
     name, raw = _dav_body(request, body)
-    st.store.db.execute(
-        "UPDATE dav_accounts SET name=?, uri=?, options=? WHERE id=?",
-        (name, raw, _dav_options(body), dav_id),
-    )
-    row = st.store.db.execute("SELECT * FROM dav_accounts WHERE id=?", (dav_id,)).fetchone()
-    return ok(_dav_json(row))
+    st.store.update_dav_account(dav_id, name, raw, _dav_options(body))
+    return ok(_dav_json(st.store.dav_account(user.id, dav_id)))
 
 
 @routes.delete("/api/v4/devices/dav/{id}")
@@ -233,7 +224,7 @@ async def delete_dav(request: web.Request) -> web.Response:
     st = state(request)
     user = require_user(request)
     dav_id = _own_dav(st, user, request.match_info["id"])
-    st.store.db.execute("DELETE FROM dav_accounts WHERE id=?", (dav_id,))
+    st.store.delete_dav_account(dav_id)
     return ok()
 
 
@@ -318,10 +309,7 @@ async def edit_share(request: web.Request) -> web.Response:
     body = await read_json(request)
     is_private, password, downloads, expire = _share_args(body)
     expires = st.clock.now() + expire if expire else None
-    st.store.db.execute(
-        "UPDATE shares SET is_private=?, password=?, downloads=?, expires=? WHERE id=?",
-        (int(is_private), password, downloads, expires, share_id),
-    )
+    st.store.update_share(share_id, password, is_private, downloads, expires)
     return ok(_share_url(st, request.match_info["id"], password))
 
 
@@ -364,5 +352,5 @@ async def share_info(request: web.Request) -> web.Response:
     if hidden and (viewer is None or viewer.id != row["owner_id"]):
         body["unlocked"] = False
     if request.query.get("count_views") in ("true", "1"):
-        st.store.db.execute("UPDATE shares SET visited=visited+1 WHERE id=?", (share_id,))
+        st.store.count_share_view(share_id)
     return ok(body)

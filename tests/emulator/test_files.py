@@ -354,3 +354,21 @@ async def test_s5_9_chunked_body_without_length_stores_empty_version(api: Api) -
     )
     assert made["size"] == 0
     assert await api.download("cloudreve://my/e.txt") == b""
+
+
+async def test_s5_6_move_from_trash_restores_under_original_name(api: Api) -> None:
+    """Moving a trash item into a folder brings it back under its original name."""
+    await api.upload("cloudreve://my/a.txt", b"abc")
+    await api.ok("DELETE", "/file", json={"uris": ["cloudreve://my/a.txt"]})
+    [item] = (await api.ok("GET", "/file", params={"uri": "cloudreve://trash"}))["files"]
+    await api.ok("POST", "/file/create", json={"uri": "cloudreve://my/back", "type": "folder"})
+    await api.ok("POST", "/file/move", json={"uris": [item["path"]], "dst": "cloudreve://my/back"})
+    info = await api.ok("GET", "/file/info", params={"uri": "cloudreve://my/back/a.txt"})
+    assert info["metadata"] is None
+    _, body = await api.call(
+        "POST",
+        "/file/move",
+        json={"uris": ["cloudreve://my/back/a.txt"], "dst": "cloudreve://my", "copy": True},
+    )
+    assert body["code"] == 0
+    assert (await api.ok("GET", "/file", params={"uri": "cloudreve://trash"}))["files"] == []

@@ -100,6 +100,16 @@ async def test_s9_4_webdav_accounts(api: Api) -> None:
     assert body["code"] == 40001
     listing = await api.ok("GET", "/devices/dav", params={"page_size": "10"})
     assert [a["name"] for a in listing["accounts"]] == ["laptop"]
+    edited = await api.ok(
+        "PATCH",
+        f"/devices/dav/{acct['id']}",
+        json={"uri": "cloudreve://my", "name": "desk", "proxy": True},
+    )
+    assert (edited["name"], edited["options"], edited["password"]) == (
+        "desk",
+        "Ag==",
+        acct["password"],
+    )
     await api.ok("DELETE", f"/devices/dav/{acct['id']}")
     assert (await api.ok("GET", "/devices/dav", params={"page_size": "10"}))["accounts"] == []
 
@@ -124,6 +134,9 @@ async def test_s9_3_share_link_lifecycle(
     _, body = await anon.call("GET", "/file", params={"uri": f"cloudreve://{share_id}:bad@share"})
     assert body["code"] == 403
     assert await anon.download(f"cloudreve://{share_id}:{password}@share/a.txt") == b"abc"
+    public = await api.ok("POST", f"/share/{share_id}", json={"is_private": False})
+    assert public == f"{emu.url}/s/{share_id}"
+    assert "password" not in await api.ok("GET", f"/share/info/{share_id}")
     await api.ok("DELETE", f"/share/{share_id}")
     _, body = await api.call("GET", f"/share/info/{share_id}")
     assert body["code"] == 404
