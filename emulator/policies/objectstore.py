@@ -76,6 +76,8 @@ class Dialect:
     """A client callback is accepted (COS; OBS per contract 12.4)."""
     exists_code: str
     """Error code when ``forbid-overwrite`` meets an existing object."""
+    checks_size: bool
+    """Cloudreve compares the stored size with the declared one on completion (not for OBS)."""
     expires_param: str
     signature_param: str
     access_key_param: str
@@ -90,6 +92,7 @@ COS = Dialect(
     storage_callback=False,
     client_callback=True,
     exists_code="PathConflict",
+    checks_size=True,
     expires_param="q-sign-time",
     signature_param="q-signature",
     access_key_param="q-ak",
@@ -107,6 +110,7 @@ OSS = Dialect(
     storage_callback=True,
     client_callback=False,
     exists_code="FileAlreadyExists",
+    checks_size=True,
     expires_param="Expires",
     signature_param="Signature",
     access_key_param="OSSAccessKeyId",
@@ -120,6 +124,7 @@ OBS = Dialect(
     storage_callback=True,
     client_callback=True,
     exists_code="ObjectAlreadyExists",
+    checks_size=False,
     expires_param="Expires",
     signature_param="Signature",
     access_key_param="AccessKeyId",
@@ -218,6 +223,9 @@ class ObjectStoreDriver:
     async def verify_callback(self, session: UploadSessionInfo, request: web.Request) -> int:
         """Return the stored object's size for a client callback.
 
+        OBS is the exception: Cloudreve's OBS driver does not look at the object, so a callback
+        there completes the upload at its declared size whatever was stored.
+
         Raises:
             CallbackFailed: the object is not complete yet (-1), or this storage calls back
                 itself and the request did not come from it (-1).
@@ -225,10 +233,15 @@ class ObjectStoreDriver:
         if not self.dialect.client_callback:
             raise CallbackFailed(-1, "Failed to verify callback request.")
         size = self.blobs.size(session.storage_key)
-        if size is None:
-            raise CallbackFailed(-1, "failed to get uploaded file size: NoSuchKey")
-
-        return size
+        if not self.dialect.checks_size:
+            # Cloudreve's OBS driver checks nothing on completion: a callback completes the
+            # file at its declared size whatever was stored, even nothing.
+            if size != session.size:
+                log.warning("storage_callback_unchecked", policy=self.type, stored_bytes=size)
+            return session.size
+        if size is not None:
+            return size
+        raise CallbackFailed(-1, "failed to get uploaded file size: NoSuchKey")
 
     async def download_url(self, storage_key: str, name: str, ttl_s: int, download: bool) -> str:
         """Return a presigned GET URL for the blob, valid for ``ttl_s`` seconds."""
@@ -356,7 +369,7 @@ class ObjectStoreDriver:
         etag = multipart_etag(parts)
         log.debug("storage_upload_completed", policy=self.type, size_bytes=size)
         if self.dialect.storage_callback:
-            return await self._call_back(upload.session_id, size, etag)
+            return await self._call_back(upload, size, etag)
 
         return self._complete_result(key, etag)
 
@@ -389,10 +402,15 @@ class ObjectStoreDriver:
 
         return listed
 
-    async def _call_back(self, session_id: str, size: int, etag: str) -> web.Response:
-        """Tell the server the object is whole, as OSS and OBS do, and relay its answer."""
+    async def _call_back(self, upload: MultipartUpload, size: int, etag: str) -> web.Response:
+        """Tell the server the object is whole, as OSS and OBS do, and relay its answer.
+
+        OSS reports the stored size, which Cloudreve checks; OBS's callback is not checked,
+        so the upload completes at its declared size.
+        """
+        reported = size if self.dialect.checks_size else upload.size
         try:
-            await self._host.complete_upload(session_id, size)
+            await self._host.complete_upload(upload.session_id, reported)
         except CallbackFailed as exc:
             log.warning("storage_callback_failed", policy=self.type, api_code=exc.code)
             # The object stays stored; the storage reports the failed callback to the client.

@@ -79,14 +79,23 @@ async def test_s6_3_part_with_another_length_fails_the_signature(tmp_path: Path)
 
 
 @pytest.mark.anyio
-async def test_s12_4_client_callback_checks_the_object(tmp_path: Path) -> None:
-    """A client POST /callback/obs fails before the object exists and completes once it does."""
-    data = payload(1000)
+async def test_s12_4_client_callback_completes_without_checking_the_object(tmp_path: Path) -> None:
+    """A client POST /callback/obs completes at the declared size even with no object stored."""
+    # Cloudreve's OBS driver has no completion check (its CompleteUpload returns nil).
     async with running_storage(tmp_path) as env:
-        session, _ = await env.open("obs", len(data))
-        assert (await env.callback(session, method="POST")).status == 400
-        src = tmp_path / "obj.bin"
-        src.write_bytes(data)
-        await env.drivers["obs"].put_blob(session.storage_key, src)
+        session, _ = await env.open("obs", 1000)
         assert (await env.callback(session, method="POST")).status == 200
+        assert env.host.completed == {session.session_id: 1000}
+
+
+@pytest.mark.anyio
+async def test_s6_9_short_object_completes_at_the_declared_size(tmp_path: Path) -> None:
+    """OBS completion is unchecked: a complete leaving a part out finishes at the declared size."""
+    data = payload(200 * KiB)
+    async with running_storage(tmp_path) as env:
+        session, creds = await env.open("obs", len(data), chunk_size=100 * KiB)
+        etags = await put_parts(env, creds, data, 100 * KiB)
+        status, body = await post(env, creds.complete_url, complete_xml(etags[:1]), OCTET)
+        assert status == 200, body
         assert env.host.completed == {session.session_id: len(data)}
+        assert len(await env.download(session)) == 100 * KiB
