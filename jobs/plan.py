@@ -265,6 +265,7 @@ class _Planner:
         self.seq = 0
         self.rows: list[PlanRow] = []
         self.deleted_dirs: set[str] = set()
+        self.case_clashes: set[str] = set()
 
     def target_path(self, key: str) -> str:
         """Where ``key`` goes: an absolute drive path, or a relative local path."""
@@ -333,10 +334,7 @@ class _Planner:
 
     async def decide_new(self, src: ScanRow, target: str) -> None:
         """A key the target lacks: create it, unless a case-only sibling is there."""
-        clashes = [
-            r for r in await self.db.fold_matches(self.run_id, DST, src.fold) if r.key != src.key
-        ]
-        if not clashes:
+        if src.key not in self.case_clashes:
             await self.add("mkdir" if src.is_dir else "copy", src, target, "new")
         elif src.is_dir:
             await self.add("fail", src, target, "case_collision")
@@ -424,6 +422,7 @@ async def plan_job(
         return summary
 
     planner = _Planner(db, run_id, job, upload)
+    planner.case_clashes = await db.case_clashes(run_id)
     await _decide_all(db, run_id, planner)
     await planner.flush()
     summary.actions = await db.plan_summary(run_id)

@@ -364,17 +364,16 @@ class StateDB:
             last = (page[-1][1].key, page[-1][0], page[-1][1].path)
             yield page
 
-    async def fold_matches(self, run_id: int, side: int, fold: str) -> list[ScanRow]:
-        """Return the entries of ``side`` whose casefolded key is ``fold``."""
+    async def case_clashes(self, run_id: int) -> set[str]:
+        """Return the source keys whose casefolded form matches a different target key."""
         async with self._conn.execute(
-            "SELECT key, fold, path, is_dir, size, mtime_ns, remote_id, uri FROM scan"
-            " WHERE run_id = ? AND side = ? AND fold = ?",
-            (run_id, side, fold),
+            "SELECT DISTINCT s.key FROM scan AS s JOIN scan AS d ON d.run_id = s.run_id"
+            " AND d.side = ? AND d.fold = s.fold AND d.key != s.key"
+            " WHERE s.run_id = ? AND s.side = ?",
+            (DST, run_id, SRC),
         ) as cursor:
             rows = await cursor.fetchall()
-        return [
-            ScanRow(r[0], r[1], r[2], bool(r[3]), int(r[4]), int(r[5]), r[6], r[7]) for r in rows
-        ]
+        return {str(r[0]) for r in rows}
 
     async def keys_exist(self, run_id: int, side: int, keys: Iterable[str]) -> set[str]:
         """Return which of ``keys`` exist on ``side``."""
