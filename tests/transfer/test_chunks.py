@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from transfer.backend import PartResult, SavedUpload
+from transfer.config import TransferConfig
 from transfer.errors import UnsupportedFeature
 from transfer.policies import WRITERS, writer_factory
 from transfer.policies.local import LocalWriter
 from transfer.policies.remote import RemoteWriter
-from transfer.upload import chunk_plan, version_tuple
+from transfer.upload import Uploader, _Run, chunk_plan, version_tuple
 
 
 def test_s6_3_empty_file_is_one_zero_length_chunk() -> None:
@@ -76,3 +80,49 @@ def test_unknown_policy_type_is_unsupported() -> None:
     """A type nobody implements raises UnsupportedFeature."""
     with pytest.raises(UnsupportedFeature):
         writer_factory("ftp")
+
+
+class _StubClient:
+    """The two things the chunk sender reads from a client."""
+
+    expected_call_s = 0.0
+
+    def server_time(self) -> float:
+        return 0.0
+
+
+class _StubJournal:
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+
+    async def chunk_acked(self, key: str, index: int, etag: str) -> None:
+        self.acked.append(index)
+
+
+@pytest.mark.anyio
+async def test_br22_resume_reads_exact_offsets_of_a_sparse_4_gib_file(tmp_path: Path) -> None:
+    """Resuming chunks 410 and 819 of a 4 GiB + 1 sparse file reads them at their exact offsets."""
+    path = tmp_path / "sparse.bin"
+    size = 4_294_967_297
+    with path.open("wb") as fh:
+        fh.truncate(size)
+        fh.seek(2_149_580_800)
+        fh.write(b"A")
+        fh.seek(size - 1)
+        fh.write(b"Z")
+    sent: list[tuple[int, int, int, bytes, bytes]] = []
+
+    async def write(index: int, offset: int, data: bytes) -> PartResult:
+        sent.append((index, offset, len(data), data[:1], data[-1:]))
+        return PartResult(index=index)
+
+    journal = _StubJournal()
+    uploader = Uploader(_StubClient(), TransferConfig())  # type: ignore[arg-type]
+    saved = SavedUpload("s", "cloudreve://my/x", size, 5_242_880, 2**40, "local", "k")
+    run = _Run(path, "key", journal, saved, chunk_plan(size, 5_242_880), 2, None)  # type: ignore[arg-type]
+    await uploader._send_indices(run, write, [410, 819])
+    assert sorted(sent) == [
+        (410, 2_149_580_800, 5_242_880, b"A", b"\x00"),
+        (819, 4_293_918_720, 1_048_577, b"\x00", b"Z"),
+    ]
+    assert sorted(journal.acked) == [410, 819]
