@@ -216,6 +216,32 @@ async def serve_content(request: web.Request) -> web.StreamResponse:
     return await _send(request, st, path, size, ranges, headers)
 
 
+_BOUNDARY = "CLOUDREVE_EMULATOR_BOUNDARY"
+_Part = tuple[bytes, int, int]
+
+
+def _plan(
+    size: int, ranges: list[tuple[int, int]] | None, headers: dict[str, str]
+) -> tuple[int, list[_Part], bytes]:
+    """Return the status, the (head, first, last) parts and the trailer of a response."""
+    if ranges is None:
+        return 200, [(b"", 0, size - 1)], b""
+    if len(ranges) == 1:
+        start, end = ranges[0]
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        return 206, [(b"", start, end)], b""
+    ctype = headers["Content-Type"]
+    headers["Content-Type"] = f"multipart/byteranges; boundary={_BOUNDARY}"
+    parts: list[_Part] = []
+    for start, end in ranges:
+        head = (
+            f"\r\n--{_BOUNDARY}\r\nContent-Type: {ctype}\r\n"
+            f"Content-Range: bytes {start}-{end}/{size}\r\n\r\n"
+        )
+        parts.append((head.encode(), start, end))
+    return 206, parts, f"\r\n--{_BOUNDARY}--\r\n".encode()
+
+
 async def _send(
     request: web.Request,
     st: State,
@@ -224,29 +250,9 @@ async def _send(
     ranges: list[tuple[int, int]] | None,
     headers: dict[str, str],
 ) -> web.StreamResponse:
-    boundary = "CLOUDREVE_EMULATOR_BOUNDARY"
-    parts: list[tuple[bytes, int, int]] = []
-    if ranges is None:
-        status, parts = 200, [(b"", 0, size - 1)]
-        length = size
-    elif len(ranges) == 1:
-        start, end = ranges[0]
-        status, parts = 206, [(b"", start, end)]
-        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-        length = end - start + 1
-    else:
-        status = 206
-        ctype = headers["Content-Type"]
-        headers["Content-Type"] = f"multipart/byteranges; boundary={boundary}"
-        for start, end in ranges:
-            head = (
-                f"\r\n--{boundary}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Range: bytes {start}-{end}/{size}\r\n\r\n"
-            ).encode()
-            parts.append((head, start, end))
-        length = sum(len(h) + e - s + 1 for h, s, e in parts) + len(f"\r\n--{boundary}--\r\n")
+    status, parts, trailer = _plan(size, ranges, headers)
     resp = web.StreamResponse(status=status, headers=headers)
-    resp.content_length = length
+    resp.content_length = sum(len(h) + e - s + 1 for h, s, e in parts) + len(trailer)
     await resp.prepare(request)
     if request.method == "HEAD":
         return resp
@@ -254,10 +260,8 @@ async def _send(
     sent = 0
     async with await anyio.open_file(path, "rb") as src:
         for head, start, end in parts:
-            chunks = [head] if head else []
-            for chunk in chunks:
-                await resp.write(chunk)
-                sent += len(chunk)
+            await resp.write(head)
+            sent += len(head)
             await src.seek(start)
             remaining = end - start + 1
             while remaining > 0:
@@ -272,9 +276,9 @@ async def _send(
                 await resp.write(piece)
                 sent += len(piece)
                 remaining -= len(piece)
-        if len(parts) > 1:
-            await resp.write(f"\r\n--{boundary}--\r\n".encode())
+        await resp.write(trailer)
     await resp.write_eof()
+
     return resp
 
 

@@ -640,18 +640,21 @@ class Store:
             found = self.child(current.id, name)
             if found is None:
                 validate_name(name)
-                found = self._insert(owner_id, current.id, name, FOLDER)
+                found = self.insert_file(owner_id, current.id, name, FOLDER)
             elif not found.is_folder:
                 raise ApiError(errors.OBJECT_EXIST, "Object existed")
             current = found
         return current
 
-    def _insert(self, owner_id: int, parent_id: int, name: str, type_: int) -> FileRow:
+    def insert_file(
+        self, owner_id: int, parent_id: int, name: str, type_: int, size: int = 0
+    ) -> FileRow:
+        """Insert a file row as is (no name, clash or quota checks; callers check first)."""
         now = self.clock.now()
         cur = self.db.execute(
-            "INSERT INTO files(owner_id, parent_id, name, type, created_at, updated_at)"
-            " VALUES (?,?,?,?,?,?)",
-            (owner_id, parent_id, name, type_, now, now),
+            "INSERT INTO files(owner_id, parent_id, name, type, size, created_at, updated_at)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (owner_id, parent_id, name, type_, size, now, now),
         )
         assert cur.lastrowid is not None
         return self.file(cur.lastrowid)
@@ -669,7 +672,7 @@ class Store:
             raise ApiError(errors.OBJECT_EXIST, "Object existed")
         if type_ == FILE:
             self.check_name_against_policy(name, self.policy_for(parent))
-        return self._insert(owner_id, parent.id, name, type_)
+        return self.insert_file(owner_id, parent.id, name, type_)
 
     def update_file(self, file_id: int, **fields: Any) -> FileRow:
         """Change columns of a file row."""
@@ -1017,7 +1020,7 @@ class Store:
         key = self.new_storage_key(owner_id, name)
         await self.store_blob(policy, key, src)
         with self.tx():
-            item = self._insert(owner_id, parent.id, name, FILE)
+            item = self.insert_file(owner_id, parent.id, name, FILE)
             ent = self.add_entity(item.id, size, key, policy.id)
             when = updated_at if updated_at is not None else self.clock.now()
             return self.update_file(item.id, size=size, primary_entity=ent.id, updated_at=when)

@@ -42,6 +42,7 @@ from emulator.store import (
     ENTITY_VERSION,
     FILE,
     LOCAL_STORAGE_TYPES,
+    FileRow,
     SessionState,
     commit_version,
     parent_of,
@@ -321,7 +322,7 @@ async def _open(
     path: str,
     parent_id: int,
     name: str,
-    existing: Any,
+    existing: FileRow | None,
     policy: PolicyInfo,
     args: dict[str, Any],
 ) -> SessionState:
@@ -329,41 +330,22 @@ async def _open(
     now = st.clock.now()
     expires = int(now + st.config.session_ttl)
     key = st.store.new_storage_key(owner_id, name)
-    ent_type = ENTITY_LIVE_PHOTO if args["entity_type"] == "live_photo" else ENTITY_VERSION
-    with st.store.tx() as db:
-        stale: list[tuple[PolicyInfo, str]] = []
-        if existing is None:
-            cur = db.execute(
-                "INSERT INTO files(owner_id, parent_id, name, type, size, created_at, updated_at)"
-                " VALUES (?,?,?,?,?,?,?)",
-                (owner_id, parent_id, name, FILE, args["size"], now, now),
-            )
-            assert cur.lastrowid is not None
-            file_id = cur.lastrowid
-        else:
-            file_id = existing.id
-            stale = _stale_placeholders(st, file_id, existing.primary_entity)
-        entity = st.store.add_entity(
-            file_id, args["size"], key, policy.id, ent_type, upload_session_id=session_id
-        )
-        if existing is None:
-            st.store.update_file(file_id, primary_entity=entity.id)
-        st.store.set_metadata(file_id, "sys:upload_session_id", session_id)
-    await st.store.delete_blobs(stale)
+    file_id, entity_id = await _placeholder(
+        st, owner_id, parent_id, name, existing, policy, key, session_id, args
+    )
     lock = st.store.lock(owner_id, path, "upload", expires - now, FILE)
-    mime = args["mime_type"] or mimetypes.guess_type(name)[0] or "application/octet-stream"
     info = UploadSessionInfo(
         session_id=session_id,
         uri=args["uri"],
         owner_id=owner_id,
         file_id=file_id,
-        entity_id=entity.id,
+        entity_id=entity_id,
         size=args["size"],
         chunk_size=_chunk_size(st, policy),
         expires=expires,
         callback_secret=secrets.token_hex(16),
         policy=policy,
-        mime_type=mime,
+        mime_type=args["mime_type"] or mimetypes.guess_type(name)[0] or "application/octet-stream",
         storage_key=key,
     )
     sess = SessionState(
@@ -376,7 +358,39 @@ async def _open(
     st.store.sessions[session_id] = sess
     if st.config.pre_allocate and policy.type in LOCAL_STORAGE_TYPES:
         preallocate(chunk_target(st, info), info.size)
+
     return sess
+
+
+async def _placeholder(
+    st: State,
+    owner_id: int,
+    parent_id: int,
+    name: str,
+    existing: FileRow | None,
+    policy: PolicyInfo,
+    key: str,
+    session_id: str,
+    args: dict[str, Any],
+) -> tuple[int, int]:
+    """Create the visible placeholder (or a placeholder version); return (file id, entity id)."""
+    ent_type = ENTITY_LIVE_PHOTO if args["entity_type"] == "live_photo" else ENTITY_VERSION
+    stale: list[tuple[PolicyInfo, str]] = []
+    with st.store.tx():
+        if existing is None:
+            file_id = st.store.insert_file(owner_id, parent_id, name, FILE, args["size"]).id
+        else:
+            file_id = existing.id
+            stale = _stale_placeholders(st, file_id, existing.primary_entity)
+        entity = st.store.add_entity(
+            file_id, args["size"], key, policy.id, ent_type, upload_session_id=session_id
+        )
+        if existing is None:
+            st.store.update_file(file_id, primary_entity=entity.id)
+        st.store.set_metadata(file_id, "sys:upload_session_id", session_id)
+    await st.store.delete_blobs(stale)
+
+    return file_id, entity.id
 
 
 def _stale_placeholders(
