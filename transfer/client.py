@@ -143,6 +143,7 @@ class DriveClient:
         self._token_received = 0.0
         self._generation = 0
         self._auth_lock = anyio.Lock()
+        self._auth_failure: tuple[int, AuthError] | None = None
         self._skew_s = 0.0
         self._skew_from_token = False
         self.expected_call_s = 0.0
@@ -406,6 +407,9 @@ class DriveClient:
         async with self._auth_lock:
             if self._generation != seen_generation and self._token is not None:
                 return
+            if self._auth_failure is not None and self._auth_failure[0] == seen_generation:
+                # Workers queued behind a failed sign-in fail with it instead of retrying it.
+                raise self._auth_failure[1]
             token = self._token
             new: Token | None = None
             if token is not None and token.refresh_expires.timestamp() > self.server_time():
@@ -414,7 +418,11 @@ class DriveClient:
                 except AuthError as exc:
                     log.info("token_refresh_rejected", api_code=exc.code, request_id=exc.request_id)
             if new is None:
-                new = await self._sign_in()
+                try:
+                    new = await self._sign_in()
+                except AuthError as exc:
+                    self._auth_failure = (seen_generation, exc)
+                    raise
             self._set_token(new)
 
     def _set_token(self, token: Token) -> None:

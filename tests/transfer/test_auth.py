@@ -5,13 +5,14 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+import anyio
 import pyotp
 import pytest
 from structlog.testing import capture_logs
 
 from emulator.testing import EmulatorHandle, running_emulator
 from tests.transfer.roundtrip import MemoryJournal, connected, remote_config
-from transfer import AuthError, PacerConfig
+from transfer import AuthError, Drive, PacerConfig
 
 TOKEN_ROUTE = "/api/v4/session/token"
 REFRESH_ROUTE = "/api/v4/session/token/refresh"
@@ -82,15 +83,27 @@ async def test_s2_3_rejected_refresh_token_leads_to_a_new_sign_in(
 async def test_br15_refresh_rejected_and_sign_in_failing_stops_every_worker(
     emu: EmulatorHandle, tmp_path: Path
 ) -> None:
-    """When refresh and sign-in both fail, calls end in AuthError with bounded requests."""
+    """8 workers, refresh and sign-in both rejected: all stop with AuthError, requests bounded."""
+    failures: list[AuthError] = []
+
+    async def worker(drive: Drive) -> None:
+        try:
+            await drive.capacity()
+        except AuthError as exc:
+            failures.append(exc)
+
     async with connected(emu, tmp_path, pacer=PacerConfig(min_sleep_s=0.0)) as drive:
         emu.faults.expire_tokens()
+        emu.requests.clear()
         emu.faults.fail("POST", REFRESH_ROUTE, code=40020, times=10)
         emu.faults.fail("POST", TOKEN_ROUTE, code=40080, times=10)
-        with pytest.raises(AuthError):
-            await drive.capacity()
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(worker, drive)
+    assert len(failures) == 8
     assert emu.requests.count("POST", REFRESH_ROUTE) == 1
-    assert emu.requests.count("POST", TOKEN_ROUTE) == 2
+    assert emu.requests.count("POST", TOKEN_ROUTE) == 1
+    assert len(emu.requests.records) <= 8 + 1 + 8
 
 
 @pytest.mark.anyio
