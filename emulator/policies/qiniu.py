@@ -232,7 +232,9 @@ class QiniuDriver:
         await self.blobs.commit(upload.key, assembled, mime or upload.mime)
         await self.multipart.remove_files(upload)
         try:
-            await self._host.complete_upload(upload.session_id, size)
+            # Cloudreve checks only the callback's signature, never the size: fsizeLimit caps
+            # the object here, and the upload completes at its declared size.
+            await self._host.complete_upload(upload.session_id, upload.size)
         except CallbackFailed as exc:
             log.warning("storage_callback_failed", policy=self.type, api_code=exc.code)
             return web.json_response({"error": f"callback failed: {exc.msg}"}, status=579)

@@ -222,7 +222,7 @@ class UpyunDriver:
         key = str(policy["save-key"])
         size = (await anyio.Path(saved).stat()).st_size
         await self.blobs.commit(key, saved, mime)
-        await self._notify(key, size)
+        await self._notify(key, int(policy["content-length"]))
 
         return web.json_response(
             {
@@ -235,14 +235,18 @@ class UpyunDriver:
             }
         )
 
-    async def _notify(self, key: str, size: int) -> None:
-        """Tell the server about the stored file, as Upyun's ``notify-url`` does."""
+    async def _notify(self, key: str, declared: int) -> None:
+        """Tell the server about the stored file, as Upyun's ``notify-url`` does.
+
+        Cloudreve checks only the notification's signature, never the size: the policy allows
+        any size up to the declared one, and the upload completes at the declared size.
+        """
         session_id = self._sessions.pop(key, None)
         if session_id is None:
             log.warning("storage_notify_skipped", policy=self.type, reason="no live session")
             return
         try:
-            await self._host.complete_upload(session_id, size)
+            await self._host.complete_upload(session_id, declared)
         except CallbackFailed as exc:
             # Upyun's notification is asynchronous: the uploader is not told it failed.
             log.warning("storage_callback_failed", policy=self.type, api_code=exc.code)

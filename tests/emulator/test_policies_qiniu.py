@@ -99,17 +99,28 @@ async def test_s6_3_wrong_etag_fails_the_complete(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_s6_9_size_checks_fsize_limit_and_callback(tmp_path: Path) -> None:
-    """Over the declared size is 413 (fsizeLimit); under it the callback fails: 579."""
+async def test_s6_9_fsize_limit_caps_but_a_short_object_completes(tmp_path: Path) -> None:
+    """Over the declared size is 413 (fsizeLimit); under it the upload completes unchecked."""
     async with running_storage(tmp_path) as env:
         _, creds = await env.open("qiniu", 10)
         status, _ = await complete(env, creds, await put_parts(env, creds, b"y" * 11, MiB))
         assert status == 413
         session, creds = await env.open("qiniu", 10)
-        status, body = await complete(env, creds, await put_parts(env, creds, b"y" * 9, MiB))
+        status, _ = await complete(env, creds, await put_parts(env, creds, b"y" * 9, MiB))
+        assert status == 200
+        assert env.host.completed == {session.session_id: 10}
+
+
+@pytest.mark.anyio
+async def test_s6_9_failed_server_callback_is_579(tmp_path: Path) -> None:
+    """When the server refuses the callback (session gone) Qiniu answers 579."""
+    async with running_storage(tmp_path) as env:
+        session, creds = await env.open("qiniu", 10)
+        parts = await put_parts(env, creds, b"y" * 10, MiB)
+        del env.host.sessions[session.session_id]
+        status, body = await complete(env, creds, parts)
         assert status == 579
         assert "callback" in body["error"]
-        assert session.session_id in env.host.sessions
 
 
 @pytest.mark.anyio
