@@ -55,6 +55,7 @@ routes = web.RouteTableDef()
 CAP_MY = "w8edAQ=="
 CAP_TRASH = "AMIK"
 CAP_SHARE = "gIaYAQ=="
+CAP_SHARED_WITH_ME = "gAKA"
 MAX_PAGE_SIZE = 2000
 DEFAULT_PAGE_SIZE = 100
 MAX_BATCH = 3000
@@ -68,7 +69,9 @@ _WRITE_PIECE = 256 * 1024
 
 
 def resolve(request: web.Request, raw: str) -> tuple[Uri, User | None, FileRow | None]:
-    """Resolve a URI for the caller: ``(uri, user, item)``; item is None only for the trash root.
+    """Resolve a URI for the caller: ``(uri, user, item)``.
+
+    ``item`` is None only for the virtual roots of ``trash`` and ``shared_with_me``.
 
     Raises:
         ApiError: 40001 bad URI, 401 anonymous on ``my``/``trash``, 403 someone else's drive,
@@ -88,7 +91,11 @@ def resolve(request: web.Request, raw: str) -> tuple[Uri, User | None, FileRow |
         return uri, user, st.store.trash_item(user.id, uri.path)
     if uri.fs == "share":
         return uri, current_user(request), _resolve_share(st, uri)
-    raise ApiError(errors.NO_PERMISSION, "Not supported action")
+    # shared_with_me: the emulator has no shares between users, so its root is empty.
+    user = require_user(request)
+    if uri.path != "/":
+        raise errors.not_found_path()
+    return uri, user, None
 
 
 def _resolve_share(st: State, uri: Uri) -> FileRow:
@@ -309,9 +316,10 @@ async def list_files(request: web.Request) -> web.Response:
     uri, user, folder = resolve(request, raw)
     search = _search_filter(uri.query)
     if folder is None:
-        items = st.store.trash_items(user.id if user else 0)
+        trash = uri.fs == "trash" and user is not None
+        items = st.store.trash_items(user.id) if trash and user is not None else []
         parent_json = None
-        capability = CAP_TRASH
+        capability = CAP_TRASH if trash else CAP_SHARED_WITH_ME
     else:
         if not folder.is_folder:
             raise errors.not_found_path()

@@ -372,3 +372,13 @@ async def test_s5_6_move_from_trash_restores_under_original_name(api: Api) -> No
     )
     assert body["code"] == 0
     assert (await api.ok("GET", "/file", params={"uri": "cloudreve://trash"}))["files"] == []
+
+
+async def test_s4_shared_with_me_lists_empty_and_needs_login(api: Api) -> None:
+    """``cloudreve://shared_with_me`` lists nothing for a user with no incoming shares."""
+    data = await api.ok("GET", "/file", params={"uri": "cloudreve://shared_with_me"})
+    assert data["files"] == []
+    assert data["props"]["capability"] == "gAKA"
+    api.token = ""
+    _, body = await api.call("GET", "/file", params={"uri": "cloudreve://shared_with_me"})
+    assert body["code"] == 401
