@@ -186,7 +186,6 @@ class _Run:
     limit: str = ""
     started_bytes: int = 0
     deletes: int = 0
-    stop: bool = False
     pending_items: list[tuple[str, int, int, str, str]] = field(default_factory=list)
     pending_plan: list[tuple[int, str]] = field(default_factory=list)
     last_flush: float = 0.0
@@ -329,8 +328,22 @@ async def _execute(
     finally:
         run.reporter.stop(run.stats.snapshot())
     await run.flush()
-    if run.job.mode == "mirror" and not run.stop:
+    if run.stats.fatal or run.limit:
+        await _mark_blocked(run, "fatal_error" if run.stats.fatal else run.limit)
+    elif run.job.mode == "mirror":
         await _delete_phase(run, drive, summary)
+
+
+async def _mark_blocked(run: _Run, reason: str) -> None:
+    """Record the copies a fatal error or a limit kept from running as ``blocked``."""
+    blocked = 0
+    async for page in run.db.plan_pages(run.run_id, "copy"):
+        for row in page:
+            await run.record(row, "blocked", reason)
+            blocked += 1
+    await run.flush()
+    if blocked:
+        log.warning("items_blocked", count=blocked, reason=reason)
 
 
 async def _transfer_phase(run: _Run, drive: DriveLike) -> None:
@@ -354,12 +367,10 @@ async def _copies(run: _Run) -> AsyncIterator[PlanRow]:
     async for page in run.db.plan_pages(run.run_id, "copy"):
         for row in page:
             if run.stats.fatal:
-                run.stop = True
                 return
             cap = run.job.max_transfer
             if cap is not None and run.started_bytes + row.size > cap:
                 run.limit = "max_transfer"
-                run.stop = True
                 log.warning("limit_reached", limit="max_transfer", limit_bytes=cap)
                 return
             run.started_bytes += row.size

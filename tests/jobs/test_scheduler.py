@@ -128,6 +128,8 @@ async def test_fatal_error_stops_the_run_with_exit_6(tmp_path: Path) -> None:
     outcome = await run(tmp_path, job(tmp_path, transfers=1), drive)
     assert outcome.exit_code == 6
     assert drive.uploads == []
+    async with StateDB.open(tmp_path / "state.db") as db:
+        assert await db.item_counts("j") == {"failed": 1, "blocked": 5}
 
 
 def test_job_lock_is_exclusive(tmp_path: Path) -> None:
@@ -159,3 +161,24 @@ def test_example_config_validates_and_documents_every_key(tmp_path: Path) -> Non
     keys = set(JobSpec.model_fields) | set(RemoteSpec.model_fields) | set(StateSpec.model_fields)
     missing = sorted(k for k in keys if f"{k} =" not in text)
     assert missing == []
+
+
+async def test_download_mirror_fetches_new_files_and_deletes_local_extras(tmp_path: Path) -> None:
+    """Remote-to-local mirror downloads what is missing and removes local extras and folders."""
+    drive = FakeDrive()
+    drive.put("/t/a/b.txt", b"bee", 1_700_000_000.0)
+    drive.put("/t/c.txt", b"sea", 1_700_000_000.0)
+    dst = tmp_path / "dst"
+    (dst / "gone" / "deep").mkdir(parents=True)
+    (dst / "gone" / "deep" / "x.txt").write_bytes(b"x")
+    (dst / "extra.txt").write_bytes(b"e")
+    spec = JobSpec.model_validate(
+        {"name": "d", "kind": "sync", "mode": "mirror", "source": "r:/t", "target": str(dst)}
+    )
+    outcome = await run(tmp_path, spec, drive)
+    assert (outcome.exit_code, outcome.snapshot.transfers, outcome.deletes) == (0, 2, 2)
+    files = sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file())
+    assert files == ["a/b.txt", "c.txt"]
+    assert (dst / "a" / "b.txt").stat().st_mtime == 1_700_000_000.0
+    again = await run(tmp_path, spec, drive)
+    assert (again.snapshot.transfers, again.deletes) == (0, 0)
