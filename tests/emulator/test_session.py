@@ -166,3 +166,40 @@ async def test_s2_3_banned_user_token_is_50001(api: Api, emu: EmulatorHandle) ->
     emu.store.update_user(emu.user(USER).id, status="manual_banned")
     _, body = await api.call("GET", "/site/ping")
     assert body["code"] == 50001
+
+
+def _claims(token: str) -> dict:
+    import base64
+    import json
+
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))  # type: ignore[no-any-return]
+
+
+async def test_s2_2_refresh_keeps_the_root_token_id(api: Api) -> None:
+    """A refreshed pair carries the same root_token_id; token types are access/refresh."""
+    data = await api.ok("POST", "/session/token/refresh", json={"refresh_token": api.refresh_token})
+    old, new = _claims(api.refresh_token), _claims(data["refresh_token"])
+    assert new["root_token_id"] == old["root_token_id"]
+    assert new["token_type"] == "refresh"
+    assert _claims(data["access_token"])["token_type"] == "access"
+    assert new["sub"] == old["sub"]
+
+
+async def test_s2_admin_flag_selects_the_admin_user(tmp_path: Path) -> None:
+    """``admins`` picks the admin; otherwise the first user is the admin."""
+    users = {"a@example.com": "password-a", "b@example.com": "password-b"}
+    async with (
+        running_emulator(
+            tmp_path, users=users, admins=["b@example.com"], drivers=no_drivers
+        ) as emu,
+        aiohttp.ClientSession() as http,
+    ):
+        api = Api(http, emu.url)
+        first = await api.sign_in("a@example.com", "password-a")
+        second = await api.sign_in("b@example.com", "password-b")
+        assert (first["user"]["group"]["name"], second["user"]["group"]["name"]) == (
+            "User",
+            "Admin",
+        )
+        assert (await api.ok("GET", "/user/capacity"))["total"] == 1 << 40
