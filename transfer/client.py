@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import os
 import ssl
@@ -331,17 +332,18 @@ class DriveClient:
         headers: Mapping[str, str] | None,
         chunk: bool,
     ) -> object:
+        send = functools.partial(
+            self._api_once,
+            method,
+            path,
+            params=params,
+            json_body=json_body,
+            data=data,
+            headers=headers,
+        )
         token, generation = await self._valid_token()
         try:
-            return await self._api_once(
-                method,
-                path,
-                params=params,
-                json_body=json_body,
-                data=data,
-                headers=headers,
-                token=token,
-            )
+            return await send(token=token)
         except ApiError as exc:
             if not self._auth_symptom(exc, chunk):
                 raise
@@ -349,24 +351,12 @@ class DriveClient:
             await self._renew(generation)
         token, _ = await self._valid_token()
         try:
-            return await self._api_once(
-                method,
-                path,
-                params=params,
-                json_body=json_body,
-                data=data,
-                headers=headers,
-                token=token,
-            )
+            return await send(token=token)
         except ApiError as exc:
             if self._auth_symptom(exc, chunk) and not chunk:
+                message = "still anonymous after a token refresh"
                 raise AuthError(
-                    exc.status,
-                    exc.code,
-                    "still anonymous after a token refresh",
-                    exc.request_id,
-                    exc.method,
-                    exc.url,
+                    exc.status, exc.code, message, exc.request_id, exc.method, exc.url
                 ) from exc
             raise
 
