@@ -267,7 +267,13 @@ async def fault_middleware(request: web.Request, handler: Handler) -> web.Stream
         query=dict(request.query),
     )
     st.requests.add(record)
-    response = await _apply(request, handler, st.faults.pick(request.method, request.path, pattern))
+    try:
+        response = await _apply(
+            request, handler, st.faults.pick(request.method, request.path, pattern)
+        )
+    except web.HTTPException as exc:
+        record.status = exc.status
+        raise
     record.status = response.status
     if isinstance(response, web.Response) and response.content_type == "application/json":
         record.code = _envelope_code(response.body)

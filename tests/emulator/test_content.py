@@ -93,9 +93,7 @@ async def test_s5_8_signature_expiry_follows_emulator_clock(
     assert sign.endswith(str(int(sign.rpartition(":")[2])))
 
 
-async def test_s5_8_folder_skip_error_and_redirect(
-    stored: Api, http: aiohttp.ClientSession
-) -> None:
+async def test_s5_8_folder_skip_error_and_redirect(stored: Api, emu: EmulatorHandle) -> None:
     """Folders fail with 40077 inside 40081; skip_error leaves ""; redirect answers 302."""
     await stored.ok("POST", "/file/create", json={"uri": "cloudreve://my/d", "type": "folder"})
     _, body = await stored.call("POST", "/file/url", json={"uris": ["cloudreve://my/d"]})
@@ -112,6 +110,7 @@ async def test_s5_8_folder_skip_error_and_redirect(
         "POST", "/file/url", json={"uris": ["cloudreve://my/f.txt"], "redirect": True}
     )
     assert status == 302
+    assert emu.requests.statuses("POST", "/api/v4/file/url")[-1] == 302
 
 
 async def test_s5_8_download_flag_sets_attachment(stored: Api, http: aiohttp.ClientSession) -> None:
