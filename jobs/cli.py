@@ -289,6 +289,15 @@ async def _plan(
     """Plan ``job`` against the live listings and print the decisions; transfers nothing."""
     connect = _Connector(config, remotes)
     try:
+        with job_lock(config.state_dir, job.name):
+            return await _plan_locked(config, connect, job, limit)
+    except JobLocked as exc:
+        print(f"ferry: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+
+
+async def _plan_locked(config: AppConfig, connect: _Connector, job: JobSpec, limit: int) -> int:
+    try:
         async with StateDB.open(_state_path(config)) as db:
             run_id = await db.start_run(await db.job_id(job.name))
             try:

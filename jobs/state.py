@@ -245,8 +245,20 @@ class StateDB:
         return int(row[0])
 
     async def start_run(self, job_id: int) -> int:
-        """Record a new run in status ``running`` and return its id."""
+        """Record a new run in status ``running`` and return its id.
+
+        The caller holds the job's lock, so earlier runs still marked ``running`` died without
+        finishing (``kill -9``, power loss): they become ``killed`` and their listings and plan
+        are dropped.
+        """
         async with self._write():
+            stale = "SELECT id FROM runs WHERE job_id = ? AND status = 'running'"
+            await self._conn.execute(f"DELETE FROM scan WHERE run_id IN ({stale})", (job_id,))
+            await self._conn.execute(f"DELETE FROM plan WHERE run_id IN ({stale})", (job_id,))
+            await self._conn.execute(
+                "UPDATE runs SET status = 'killed' WHERE job_id = ? AND status = 'running'",
+                (job_id,),
+            )
             cursor = await self._conn.execute(
                 "INSERT INTO runs(job_id, started_at, status) VALUES (?, ?, 'running')",
                 (job_id, time.time()),
@@ -263,7 +275,10 @@ class StateDB:
         counts: dict[str, int],
         message: str = "",
     ) -> None:
-        """Record the outcome of a run; ``counts`` has bytes, transfers, checks, errors, deletes."""
+        """Record the outcome of a run and drop its listings and plan.
+
+        ``counts`` has bytes, transfers, checks, errors and deletes.
+        """
         async with self._write():
             await self._conn.execute(
                 "UPDATE runs SET finished_at = ?, status = ?, exit_code = ?, bytes = ?,"
@@ -281,7 +296,9 @@ class StateDB:
                     run_id,
                 ),
             )
+            # Listings and decisions only serve the run itself; items keep the outcomes.
             await self._conn.execute("DELETE FROM scan WHERE run_id = ?", (run_id,))
+            await self._conn.execute("DELETE FROM plan WHERE run_id = ?", (run_id,))
 
     async def runs(self, job: str | None = None, limit: int = 20) -> list[RunRecord]:
         """Return the newest runs first, of one job or of all."""

@@ -196,6 +196,7 @@ async def test_sigkill_mid_upload_resumes_resending_at_most_chunks_in_flight(
 
         resumed = await ferry(config, "run")
         assert resumed.returncode == 0, resumed.stderr.decode()
+        assert b"killed" in (await ferry(config, "history")).stdout
         total = emu.requests.count("POST", CHUNK_ROUTE)
         chunks = 41
         assert sent_before < chunks

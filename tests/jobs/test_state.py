@@ -110,6 +110,21 @@ async def test_100k_item_plan_is_written_and_read_back_in_batches(tmp_path: Path
     assert planned - started < 60
 
 
+async def test_a_new_run_marks_dead_runs_killed_and_drops_their_scratch_rows(
+    tmp_path: Path,
+) -> None:
+    """A run left 'running' by a crash becomes 'killed' and its scan and plan rows go away."""
+    async with StateDB.open(tmp_path / "s.db") as db:
+        job = await db.job_id("j")
+        dead = await db.start_run(job)
+        await db.add_scan(dead, SRC, [ScanRow("a", "a", "a", False, 1, 1)])
+        await db.add_plan(dead, [PlanRow(0, "copy", "a", "a", "/a", 1, 1, False, "new")])
+        await db.start_run(job)
+        assert [r.status for r in await db.runs("j")] == ["running", "killed"]
+        assert [row async for row in db.scan_pages(dead)] == []
+        assert await db.plan_summary(dead) == {}
+
+
 async def test_server_task_ids_are_kept_with_their_last_status(tmp_path: Path) -> None:
     """A server task id is recorded once and its status updated in place."""
     async with StateDB.open(tmp_path / "s.db") as db:
