@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from emulator import errors
-from emulator.core import ok, state
+from emulator.core import State, ok, state
 from emulator.errors import ApiError
 from emulator.policy import CallbackFailed
 from emulator.upload import check_signature, uploads
@@ -36,13 +36,11 @@ async def callback(request: web.Request, kind: str) -> web.Response:
         raise ApiError(errors.CREDENTIAL_INVALID, "Invalid callback secret", status=401)
     if info.policy.type != kind:
         raise ApiError(errors.POLICY_NOT_ALLOWED, "Policy type mismatch", status=401)
+    if kind == "remote":
+        _check_remote_signature(st, request)
     fail_status = 200 if kind in ("remote", "onedrive") else 400
     try:
         if kind == "remote":
-            header = request.headers.get("Authorization", "")
-            if not header.startswith("Bearer Cr "):
-                raise ApiError(errors.CREDENTIAL_INVALID, "Invalid signature", status=fail_status)
-            check_signature(st, request, header[len("Bearer Cr ") :])
             stored = info.size
         else:
             driver = st.drivers.get(kind)
@@ -55,6 +53,17 @@ async def callback(request: web.Request, kind: str) -> web.Response:
     except ApiError as exc:
         raise ApiError(exc.code, exc.msg, status=fail_status) from exc
     return ok()
+
+
+def _check_remote_signature(st: State, request: web.Request) -> None:
+    """Check the slave's HMAC header; failures are HTTP 401 + 40020 like the session checks."""
+    header = request.headers.get("Authorization", "")
+    try:
+        if not header.startswith("Bearer Cr "):
+            raise ApiError(errors.CREDENTIAL_INVALID, "Missing signature")
+        check_signature(st, request, header[len("Bearer Cr ") :])
+    except ApiError as exc:
+        raise ApiError(errors.CREDENTIAL_INVALID, exc.msg, status=401) from exc
 
 
 def _handler(kind: str) -> Callable[[web.Request], Awaitable[web.Response]]:

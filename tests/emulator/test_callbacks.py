@@ -203,3 +203,23 @@ async def test_s6_3_relay_over_storage_driver_stores_blob_in_driver(
     assert sess["chunk_size"] == 0
     await capi.ok("POST", f"/file/upload/{sess['session_id']}/0", data=b"abc")
     assert list(drivers["s3"].objects.values()) == [b"abc"]
+
+
+async def test_s6_9_remote_callback_needs_the_slave_signature(
+    api: Api, emu: EmulatorHandle
+) -> None:
+    """A remote callback without a valid ``Bearer Cr`` header is HTTP 401 + 40020."""
+    from emulator.upload import sign_path
+
+    emu.use_policy(USER, "/rm", "remote")
+    sess = await api.ok("PUT", "/file/upload", json={"uri": "cloudreve://my/rm/a", "size": 2})
+    path = f"/callback/remote/{sess['session_id']}/{sess['callback_secret']}"
+    status, body = await api.call("POST", path)
+    assert (status, body["code"]) == (401, 40020)
+    sign = sign_path(emu.store.secret, "/api/v4" + path, {}, int(emu.clock.now()) + 60)
+    status, body = await api.call(
+        "POST", path, headers={"Authorization": f"Bearer Cr {sign}"}, auth=False
+    )
+    assert (status, body["code"]) == (200, 0)
+    info = await api.ok("GET", "/file/info", params={"uri": "cloudreve://my/rm/a"})
+    assert info["metadata"] is None
