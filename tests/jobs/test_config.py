@@ -172,3 +172,18 @@ def test_password_command_runs_without_shell(tmp_path: Path) -> None:
     text = GOOD.replace('password_env = "FERRY_TEST_PASSWORD"', 'password_command = ["false"]')
     path = write(tmp_path, text)
     assert main(["run", str(path), "--job", "photos"]) == 2
+
+
+def test_version_flag_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """`ferry --version` prints the installed version and exits 0."""
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith("ferry 0.")
+
+
+def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown command is a usage error: exit 2."""
+    with pytest.raises(SystemExit) as info:
+        main(["frobnicate"])
+    assert info.value.code == 2

@@ -229,8 +229,11 @@ async def test_second_concurrent_run_of_a_job_exits_4(tmp_path: Path) -> None:
             assert await first.wait() == 0
 
 
-async def test_sigterm_saves_state_exits_143_and_next_run_resumes(tmp_path: Path) -> None:
-    """SIGTERM stops the run with exit 143 and the run recorded; the next run completes it."""
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+async def test_signal_saves_state_exits_128_plus_signal_and_next_run_resumes(
+    tmp_path: Path, signum: int, code: int
+) -> None:
+    """SIGTERM/SIGINT stop the run with exit 143/130, recorded; the next run completes it."""
     src = tmp_path / "src"
     src.mkdir()
     (src / "big.bin").write_bytes(os.urandom(30 * CHUNK))
@@ -243,9 +246,9 @@ async def test_sigterm_saves_state_exits_143_and_next_run_resumes(tmp_path: Path
             command, env=env, stdout=DEVNULL, stderr=DEVNULL
         ) as proc:
             await wait_for_chunks(emu, 5)
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signum)
             with anyio.fail_after(20):
-                assert await proc.wait() == 143
+                assert await proc.wait() == code
         emu.faults.clear()
         history = await ferry(config, "history")
         assert b"interrupted" in history.stdout

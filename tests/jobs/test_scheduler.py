@@ -182,3 +182,11 @@ async def test_download_mirror_fetches_new_files_and_deletes_local_extras(tmp_pa
     assert (dst / "a" / "b.txt").stat().st_mtime == 1_700_000_000.0
     again = await run(tmp_path, spec, drive)
     assert (again.snapshot.transfers, again.deletes) == (0, 0)
+
+
+def test_jobs_all_is_sorted_and_resolves() -> None:
+    """jobs.__all__ is sorted, unique and every name exists."""
+    import jobs
+
+    assert list(jobs.__all__) == sorted(set(jobs.__all__))
+    assert all(hasattr(jobs, name) for name in jobs.__all__)
