@@ -164,6 +164,7 @@ class OneDriveDriver:
             web.put(path, self._put),
             web.get(path, self._status, allow_head=False),
             web.delete(path, self._delete),
+            web.route("*", path, _method_not_allowed),
             self._links.route(),
         ]
 
@@ -285,3 +286,7 @@ class OneDriveDriver:
 def _truncate(path: Path, size: int) -> None:
     with path.open("r+b") as f:
         f.truncate(size)
+
+
+async def _method_not_allowed(request: web.Request) -> web.Response:
+    return graph_error(405, "invalidRequest", f"{request.method} is not supported on upload URLs.")

@@ -151,6 +151,8 @@ class QiniuDriver:
             web.put(base + "/{part}", self._put_part),
             web.post(base, self._complete),
             web.delete(base, self._abort),
+            web.route("*", base, _method_not_allowed),
+            web.route("*", base + "/{part}", _method_not_allowed),
             self._links.route(),
         ]
 
@@ -253,3 +255,7 @@ async def _read_parts(request: web.Request) -> tuple[str, list[tuple[int, str]]]
         return qiniu_error(400, "invalid complete request body")
 
     return mime, pairs
+
+
+async def _method_not_allowed(request: web.Request) -> web.Response:
+    return qiniu_error(405, f"method {request.method} not allowed")

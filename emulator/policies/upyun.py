@@ -148,7 +148,11 @@ class UpyunDriver:
 
     def routes(self) -> Iterable[web.AbstractRouteDef]:
         """Serve the form API and download links under ``/storage/upyun/``."""
-        return [web.post("/storage/upyun/{bucket}", self._form), self._links.route()]
+        return [
+            web.post("/storage/upyun/{bucket}", self._form),
+            web.route("*", "/storage/upyun/{bucket}", _method_not_allowed),
+            self._links.route(),
+        ]
 
     # -- storage endpoint ---------------------------------------------------------------------
 
@@ -265,3 +269,7 @@ async def _read_field(part: BodyPartReader) -> str:
             raise _FormRefused(upyun_error(400, 40000001, f"form field {part.name} is too large"))
 
     return data.decode(errors="replace")
+
+
+async def _method_not_allowed(request: web.Request) -> web.Response:
+    return upyun_error(405, 40500001, f"method {request.method} not allowed")

@@ -151,3 +151,13 @@ async def test_br06_empty_file_cannot_use_a_session_but_simple_upload_works(tmp_
         await env.drivers["onedrive"].put_blob(session.storage_key, empty)
         assert (await env.callback(session, method="POST")).status == 200
         assert env.host.completed[session.session_id] == 0
+
+
+@pytest.mark.anyio
+async def test_s6_3_wrong_method_on_upload_url_is_a_graph_405(tmp_path: Path) -> None:
+    """A POST to the upload URL gets 405 with a Graph error body."""
+    async with running_storage(tmp_path) as env:
+        _, creds = await env.open("onedrive", 10)
+        async with env.http.post(creds.upload_urls[0], data=b"x" * 10) as resp:
+            assert resp.status == 405
+            assert (await resp.json())["error"]["code"] == "invalidRequest"

@@ -140,3 +140,14 @@ async def test_s6_3_part_number_outside_1_to_10000_is_refused(tmp_path: Path) ->
             url = f"{creds.upload_urls[0]}/{number}"
             async with env.http.put(url, data=b"x" * 10, headers=auth(creds)) as resp:
                 assert resp.status == 400, number
+
+
+@pytest.mark.anyio
+async def test_s6_3_wrong_method_is_a_qiniu_405(tmp_path: Path) -> None:
+    """A GET on the upload URL or a POST on a part URL gets 405 with a Qiniu error body."""
+    async with running_storage(tmp_path) as env:
+        _, creds = await env.open("qiniu", 10)
+        for method, url in (("GET", creds.upload_urls[0]), ("POST", f"{creds.upload_urls[0]}/1")):
+            async with env.http.request(method, url, headers=auth(creds)) as resp:
+                assert resp.status == 405, method
+                assert "error" in await resp.json()

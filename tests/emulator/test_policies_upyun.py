@@ -105,3 +105,13 @@ async def test_s6_9_short_file_completes_at_the_declared_size(tmp_path: Path) ->
         status, body = await send(env, creds, form(creds, b"x" * 9, WEB_ORDER))
         assert (status, body["file_size"]) == (200, 9)
         assert env.host.completed == {session.session_id: 10}
+
+
+@pytest.mark.anyio
+async def test_s6_3_wrong_method_is_an_upyun_405(tmp_path: Path) -> None:
+    """A PUT of the file to the form URL gets 405 with an Upyun error body."""
+    async with running_storage(tmp_path) as env:
+        _, creds = await env.open("upyun", 10)
+        async with env.http.put(creds.upload_urls[0], data=b"x" * 10) as resp:
+            assert resp.status == 405
+            assert (await resp.json())["code"] == 40500001
