@@ -4,13 +4,15 @@ The three differ in what their presigned URLs bind, in what the complete request
 who tells Cloudreve that the object is whole (:class:`Dialect`):
 
 * ``cos``: part URLs bind ``Content-Type: application/octet-stream`` and the exact
-  ``Content-Length``; the complete URL binds ``x-cos-forbid-overwrite: true``; the client then
-  calls ``GET /callback/cos/...`` itself.
+  ``Content-Length``; the complete URL binds ``x-cos-forbid-overwrite: true`` (so a complete
+  without it fails the signature); the client then calls ``GET /callback/cos/...`` itself.
 * ``oss``: the complete POST has an empty body and binds ``x-oss-forbid-overwrite: true`` and
-  ``x-oss-complete-all: yes`` (OSS takes every uploaded part); OSS calls the server back.
+  ``x-oss-complete-all: yes`` (OSS takes every uploaded part); OSS calls the server back with
+  the stored size, and answers ``203 CallbackFailed`` when the server refuses it.
 * ``obs``: part URLs bind the type and length; the complete POST carries the XML part list with
   ``Content-Type: application/octet-stream`` (what the signed URL binds); OBS calls back. A
-  client ``POST /callback/obs/...`` is accepted as well (contract 12.4).
+  client ``POST /callback/obs/...`` is accepted as well (contract 12.4). Cloudreve checks no
+  size for OBS: either callback completes the upload at its declared size.
 
 A request whose method, path, query or bound headers differ from what was signed gets
 ``403 SignatureDoesNotMatch``; one after the URL's expiry (emulator clock) gets
