@@ -44,6 +44,7 @@ _SEGMENTS = 4
 _WRITE_BLOCK = 1 << 20
 _MAX_URL_REFRESHES = 3
 _CHECKPOINT_EVERY_S = 1.0
+_STATE_SUFFIX = ".json"
 _MAX_RESTARTS = 1
 _URL_DEAD = frozenset({401, 403, 404, 410})
 
@@ -51,14 +52,15 @@ _URL_DEAD = frozenset({401, 403, 404, 410})
 def part_path(local: Path) -> Path:
     """The temporary name a download is written to before the rename."""
     name = local.name + ".part"
-    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+    # The state file adds ".json"; both names must fit the file-name limit.
+    if len((name + _STATE_SUFFIX).encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         digest = hashlib.sha256(local.name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
         name = f".ferry-{digest}.part"
     return local.with_name(name)
 
 
 def _state_path(part: Path) -> Path:
-    return part.with_name(part.name + ".json")
+    return part.with_name(part.name + _STATE_SUFFIX)
 
 
 class _Restart(Exception):

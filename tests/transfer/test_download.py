@@ -184,3 +184,14 @@ async def test_s7_parallel_segments_with_a_failing_segment(
     assert (tmp_path / "par.bin").read_bytes() == data
     assert sum(got) == len(data)
     assert emu.requests.count("GET", CONTENT_ROUTE) == 8 + 1
+
+
+def test_part_names_fit_the_name_limit(tmp_path: Path) -> None:
+    """Temporary names stay within 255 bytes, for a 250-byte final name too."""
+    short = part_path(tmp_path / "a.bin")
+    assert short.name == "a.bin.part"
+    long_name = "é" * 125  # 250 bytes
+    part = part_path(tmp_path / long_name)
+    assert part.parent == tmp_path
+    assert len((part.name + ".json").encode()) <= 255
+    assert part != part_path(tmp_path / ("é" * 124 + "e"))
