@@ -169,3 +169,45 @@ async def test_s2_3_proactive_refresh_before_expiry(tmp_path: Path) -> None:
             assert client.refreshes == 1
         assert emu.requests.count("POST", REFRESH_ROUTE) == 1
         assert emu.requests.count("GET", "/api/v4/user/capacity") == 2
+
+
+@pytest.mark.anyio
+async def test_s2_1_s6_4_no_token_to_refresh_storage_or_slave(tmp_path: Path) -> None:
+    """Authorization never goes to refresh or content links; the slave gets only its credential."""
+    import aiohttp
+
+    seen: list[tuple[str, str, dict[str, str]]] = []
+
+    async def on_start(
+        session: aiohttp.ClientSession,
+        ctx: object,
+        params: aiohttp.TraceRequestStartParams,
+    ) -> None:
+        seen.append((params.method, str(params.url), dict(params.headers)))
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(on_start)
+    trace.freeze()
+    async with running_emulator(tmp_path, policy="remote", chunk_size=1024) as emu:
+        src = tmp_path / "r.bin"
+        src.write_bytes(b"r" * 3000)
+        async with connected(emu, tmp_path) as drive:
+            for session in (drive.client._api, drive.client._storage):
+                session._trace_configs.append(trace)  # type: ignore[union-attr]
+            entry = await drive.upload(
+                src, "/r/r.bin", overwrite=False, journal=MemoryJournal(), key="k"
+            )
+            emu.faults.expire_tokens()
+            await drive.download(entry, tmp_path / "back.bin")
+    assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()
+    refresh = [h for m, u, h in seen if u.endswith("/session/token/refresh")]
+    assert refresh
+    assert all("Authorization" not in h for h in refresh)
+    content = [h for m, u, h in seen if "/file/content/" in u]
+    assert content
+    assert all("Authorization" not in h for h in content)
+    slave = [h for m, u, h in seen if "/slave/upload/" in u]
+    assert len(slave) == 3
+    for headers in slave:
+        assert headers["Authorization"].startswith("Bearer Cr ")
+        assert not [k for k in headers if k.lower().startswith("x-cr-")]
