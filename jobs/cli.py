@@ -60,6 +60,9 @@ from transfer import AuthError, Drive, FerryError, PacerConfig, RemoteConfig, Tr
 __all__ = ["main"]
 
 _SECRET_TIMEOUT_S = 60
+# Cloudreve CE has no API rate limit (contract section 10), so calls may start 2 ms apart; the
+# pacer still widens the gap on every throttle answer (429) and narrows it again on success.
+_PACER = PacerConfig(min_sleep_s=0.002)
 
 
 def _version() -> str:
@@ -268,7 +271,7 @@ class _Connector:
         async with Drive.connect(
             self._remotes[name],
             token_cache=tokens / f"{name}.json",
-            pacer=PacerConfig(),
+            pacer=_PACER,
             transfer=TransferConfig(
                 chunk_concurrency=job.chunk_concurrency, file_retries=job.retries
             ),

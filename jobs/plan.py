@@ -274,7 +274,7 @@ class _Planner:
         return "/".join(safe_local_name(part) for part in key.split("/"))
 
     async def add(
-        self, action: str, src: ScanRow | None, dst: str, reason: str, **kw: object
+        self, action: str, src: ScanRow | None, dst: str, reason: str, *, overwrite: bool = False
     ) -> None:
         """Queue one decision, flushing a full batch to the database."""
         row = src if src is not None else ScanRow("", "", "", False, 0, 0)
@@ -287,7 +287,7 @@ class _Planner:
                 dst,
                 row.size,
                 row.mtime_ns,
-                bool(kw.get("overwrite", False)),
+                overwrite,
                 reason,
                 row.remote_id,
                 row.uri,
