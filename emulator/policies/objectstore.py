@@ -248,7 +248,9 @@ class ObjectStoreDriver:
     async def download_url(self, storage_key: str, name: str, ttl_s: int, download: bool) -> str:
         """Return a presigned GET URL for the blob, valid for ``ttl_s`` seconds."""
         kind = "attachment" if download else "inline"
-        params = {"response-content-disposition": f"{kind}; filename*=UTF-8''{quote(name)}"}
+        params = {
+            "response-content-disposition": f"{kind}; filename*=UTF-8''{quote(name, safe='')}"
+        }
         exp = int(self._clock()) + ttl_s
 
         return self._presign("GET", storage_key, params, {}, exp)
