@@ -176,9 +176,11 @@ class ObjectStoreDriver:
         """Return a signed URL for ``method`` on ``key`` binding ``params`` and ``headers``."""
         d = self.dialect
         params = dict(params)
+        url_params = ";".join(sorted(k.lower() for k in params))
         params[d.access_key_param] = self._signer.access_key
         if d.type == "cos":
             now = int(self._clock())
+            params["q-url-param-list"] = url_params
             params["q-sign-algorithm"] = "sha1"
             params["q-sign-time"] = params["q-key-time"] = f"{now};{exp}"
             params["q-header-list"] = ";".join(sorted(headers))
