@@ -17,6 +17,7 @@ Decisions, per key:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import unicodedata
@@ -42,6 +43,8 @@ __all__ = [
     "entry_for",
     "key_of",
     "plan_job",
+    "sha256_file",
+    "to_ns",
     "walk_local",
 ]
 
@@ -224,7 +227,7 @@ async def scan_remote(
         if not entry.path.startswith(prefix) or entry.uploading:
             continue
         rel = entry.path[len(prefix) :]
-        mtime_ns = _to_ns(entry.updated_at)
+        mtime_ns = to_ns(entry.updated_at)
         if _remote_excluded(rel, entry.is_dir, entry.size, mtime_ns, filt):
             continue
         size = 0 if entry.is_dir else entry.size
@@ -238,28 +241,33 @@ async def scan_remote(
         await db.add_scan(run_id, side, rows)
 
 
-def _to_ns(moment: datetime) -> int:
+def to_ns(moment: datetime) -> int:
+    """Return a datetime as integer nanoseconds since the epoch (naive = UTC), to the µs."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1_000_000) * 1000
 
 
-def _same(src: ScanRow, dst: ScanRow, compare: str) -> bool:
-    if src.size != dst.size:
-        return False
-    if compare == "size":
-        return True
-    # TODO: compare = "checksum" compares size and modification time, because drive listings
-    # carry no content hash; a same-size edit within one second goes unnoticed.
-    return abs(src.mtime_ns - dst.mtime_ns) < MTIME_WINDOW_NS
+def sha256_file(path: Path) -> str:
+    """Return the hex SHA-256 of a file's content (blocking: run it in a worker thread)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _close(a_ns: int, b_ns: int) -> bool:
+    return abs(a_ns - b_ns) < MTIME_WINDOW_NS
 
 
 class _Planner:
     """Turns the sorted scan stream into plan rows for one run."""
 
-    def __init__(self, db: StateDB, run_id: int, job: JobSpec, upload: bool) -> None:
+    def __init__(self, db: StateDB, run_id: int, job_id: int, job: JobSpec, upload: bool) -> None:
         self.db = db
         self.run_id = run_id
+        self.job_id = job_id
         self.job = job
         self.upload = upload
         self.seq = 0
@@ -327,10 +335,37 @@ class _Planner:
             await self.add("fail", src, dst.path, "type_conflict")
         elif src.is_dir:
             return
-        elif _same(src, dst, self.job.compare):
+        elif await self.same(src, dst):
             await self.add("skip", src, dst.path, "unchanged")
         else:
             await self.decide_conflict(src, dst.path, "conflict")
+
+    async def same(self, src: ScanRow, dst: ScanRow) -> bool:
+        """True when the target already holds the source's content under ``compare``.
+
+        ``checksum`` hashes the local file and compares it with the hash recorded when ferry
+        last transferred the item, provided the drive entry is still the one it wrote then
+        (same id, same modification time); drive listings carry no content hash.
+        """
+        if src.size != dst.size:
+            return False
+        if self.job.compare == "size":
+            return True
+        if self.job.compare == "size-mtime":
+            return _close(src.mtime_ns, dst.mtime_ns)
+        local, remote = (src, dst) if self.upload else (dst, src)
+        recorded = await self.db.fingerprint(self.job_id, src.key)
+        if recorded is None:
+            return False
+        digest, remote_id, remote_mtime_ns = recorded
+        if remote_id != remote.remote_id or not _close(remote_mtime_ns, remote.mtime_ns):
+            return False
+        root = self.job.source.path if self.upload else self.job.target.path
+        try:
+            actual = await anyio.to_thread.run_sync(sha256_file, Path(root, local.path))
+        except OSError:
+            return False
+        return actual == digest
 
     async def decide_new(self, src: ScanRow, target: str) -> None:
         """A key the target lacks: create it, unless a case-only sibling is there."""
@@ -347,29 +382,39 @@ class _Planner:
         if policy == "overwrite" and not tag:
             await self.add("copy", src, target, reason, overwrite=True)
         elif policy in ("overwrite", "rename"):
-            await self.add("copy", src, await self.free_name(src.key, tag), reason)
+            action, target = await self.renamed(src, tag)
+            await self.add(
+                action, src, target, reason if action == "copy" else "renamed_copy_unchanged"
+            )
         elif policy == "skip":
             await self.add("skip", src, target, reason)
         else:
             log.error("item_conflict", path=src.path, reason=reason)
             await self.add("fail", src, target, reason)
 
-    async def free_name(self, key: str, tag: str) -> str:
-        """Return the target path of ``name (n).ext`` for the first n free on both sides."""
-        path = PurePosixPath(key)
+    async def renamed(self, src: ScanRow, tag: str) -> tuple[str, str]:
+        """Pick the ``name (n).ext`` target of a renamed copy.
+
+        Returns ``("skip", path)`` when an earlier renamed copy already holds the source's
+        content (so re-runs do not pile up copies), else ``("copy", path)`` for the first n free
+        on both sides.
+        """
+        path = PurePosixPath(src.key)
         suffix = "".join(path.suffixes[-1:])
         stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
         for start in range(1, 10_000, 50):
-            names = {
-                str(path.with_name(f"{stem} ({tag}{n}){suffix}")): n
-                for n in range(start, start + 50)
-            }
-            taken = await self.db.keys_exist(self.run_id, DST, names)
-            taken |= await self.db.keys_exist(self.run_id, SRC, names)
-            free = sorted((n, name) for name, n in names.items() if name not in taken)
-            if free:
-                return self.target_path(free[0][1])
-        raise RuntimeError(f"no free rename target for {key!r}")
+            names = [
+                str(path.with_name(f"{stem} ({tag}{n}){suffix}")) for n in range(start, start + 50)
+            ]
+            on_target = await self.db.scan_rows(self.run_id, DST, names)
+            on_source = await self.db.scan_rows(self.run_id, SRC, names)
+            for name in names:
+                row = on_target.get(name)
+                if row is not None and not row.is_dir and await self.same(src, row):
+                    return "skip", row.path
+                if row is None and name not in on_source:
+                    return "copy", self.target_path(name)
+        raise RuntimeError(f"no free rename target for {src.key!r}")
 
     async def decide_orphan(self, key: str, dst: ScanRow) -> None:
         """A key only the target has: delete it in mirror mode, once per top-most folder."""
@@ -421,7 +466,7 @@ async def plan_job(
     if not summary.listing_complete:
         return summary
 
-    planner = _Planner(db, run_id, job, upload)
+    planner = _Planner(db, run_id, await db.job_id(job.name), job, upload)
     planner.case_clashes = await db.case_clashes(run_id)
     await _decide_all(db, run_id, planner)
     await planner.flush()

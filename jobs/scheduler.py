@@ -29,10 +29,18 @@ import anyio
 import structlog
 
 from jobs.errors import JobLocked
-from jobs.plan import PlanSummary, RemoteLister, WalkIssue, entry_for, plan_job
+from jobs.plan import (
+    PlanSummary,
+    RemoteLister,
+    WalkIssue,
+    entry_for,
+    plan_job,
+    sha256_file,
+    to_ns,
+)
 from jobs.progress import Reporter, snapshot_fields
 from jobs.spec import JobSpec
-from jobs.state import PlanRow, StateDB
+from jobs.state import ItemOutcome, PlanRow, StateDB
 from transfer import (
     AuthError,
     BandwidthLimiter,
@@ -186,16 +194,24 @@ class _Run:
     limit: str = ""
     started_bytes: int = 0
     deletes: int = 0
-    pending_items: list[tuple[str, int, int, str, str]] = field(default_factory=list)
+    pending_items: list[ItemOutcome] = field(default_factory=list)
     pending_plan: list[tuple[int, str]] = field(default_factory=list)
     last_flush: float = 0.0
 
-    async def record(self, row: PlanRow, status: str, error: str = "", force: bool = False) -> None:
+    async def record(
+        self,
+        row: PlanRow,
+        status: str,
+        error: str = "",
+        fingerprint: tuple[str, str, int] = ("", "", 0),
+    ) -> None:
         """Buffer an item outcome; flush in batches so state costs little per file."""
-        self.pending_items.append((row.key, row.size, row.mtime_ns, status, error))
+        self.pending_items.append(
+            ItemOutcome(row.key, row.size, row.mtime_ns, status, error, *fingerprint)
+        )
         self.pending_plan.append((row.seq, status))
         now = time.monotonic()
-        if force or len(self.pending_items) >= 200 or now - self.last_flush > 1.0:
+        if len(self.pending_items) >= 200 or now - self.last_flush > 1.0:
             await self.flush()
 
     async def flush(self) -> None:
@@ -412,8 +428,9 @@ async def _transfer_one(run: _Run, drive: DriveLike, row: PlanRow) -> None:
     error: BaseException | None = None
     try:
         if run.job.target.is_remote:
-            await drive.upload(
-                Path(run.job.source.path, row.src),
+            local = Path(run.job.source.path, row.src)
+            remote = await drive.upload(
+                local,
                 row.dst,
                 overwrite=row.overwrite,
                 journal=run.journal,
@@ -422,8 +439,10 @@ async def _transfer_one(run: _Run, drive: DriveLike, row: PlanRow) -> None:
             )
         else:
             local = Path(run.job.target.path, row.dst)
+            remote = entry_for(row)
             await anyio.Path(local.parent).mkdir(parents=True, exist_ok=True)
-            await drive.download(entry_for(row), local, progress=handle.add_bytes)
+            await drive.download(remote, local, progress=handle.add_bytes)
+        fingerprint = await _fingerprint(run, local, remote)
     except (FerryError, OSError) as exc:
         error = exc
         log.error("transfer_failed", path=row.key, error=str(exc), error_type=type(exc).__name__)
@@ -433,9 +452,17 @@ async def _transfer_one(run: _Run, drive: DriveLike, row: PlanRow) -> None:
         raise
     else:
         log.info("transfer_finished", path=row.key, size_bytes=row.size, target=row.dst)
-        await run.record(row, "done")
+        await run.record(row, "done", fingerprint=fingerprint)
     finally:
         handle.done(error)
+
+
+async def _fingerprint(run: _Run, local: Path, remote: RemoteEntry) -> tuple[str, str, int]:
+    """For ``compare = "checksum"``: the local content hash and the drive entry it matches."""
+    if run.job.compare != "checksum":
+        return ("", "", 0)
+    digest = await anyio.to_thread.run_sync(sha256_file, local)
+    return (digest, remote.id, to_ns(remote.updated_at))
 
 
 async def _delete_phase(run: _Run, drive: DriveLike, summary: PlanSummary) -> None:

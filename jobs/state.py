@@ -26,6 +26,7 @@ import anyio
 from transfer import SavedUpload
 
 __all__ = [
+    "ItemOutcome",
     "PlanRow",
     "RunRecord",
     "ScanRow",
@@ -119,6 +120,9 @@ _MIGRATIONS: tuple[str, ...] = (
         updated_at REAL NOT NULL
     );
     """,
+    """
+    ALTER TABLE items ADD COLUMN remote_mtime_ns INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 SRC = 0
@@ -157,6 +161,25 @@ class PlanRow:
     remote_id: str = ""
     uri: str = ""
     status: str = "pending"
+
+
+@dataclass(frozen=True, slots=True)
+class ItemOutcome:
+    """What happened to one item in a run.
+
+    ``hash``, ``remote_id`` and ``remote_mtime_ns`` fingerprint a ``done`` transfer for
+    ``compare = "checksum"``: the content's SHA-256 and the drive entry it matched. They are
+    kept from the last ``done`` outcome when a later one carries none.
+    """
+
+    key: str
+    size: int
+    mtime_ns: int
+    status: str
+    error: str = ""
+    hash: str = ""
+    remote_id: str = ""
+    remote_mtime_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,18 +415,22 @@ class StateDB:
             rows = await cursor.fetchall()
         return {str(r[0]) for r in rows}
 
-    async def keys_exist(self, run_id: int, side: int, keys: Iterable[str]) -> set[str]:
-        """Return which of ``keys`` exist on ``side``."""
+    async def scan_rows(self, run_id: int, side: int, keys: Iterable[str]) -> dict[str, ScanRow]:
+        """Return the entries of ``side`` with one of ``keys``, by key."""
         wanted = list(keys)
         if not wanted:
-            return set()
+            return {}
         marks = ",".join("?" * len(wanted))
         async with self._conn.execute(
-            f"SELECT key FROM scan WHERE run_id = ? AND side = ? AND key IN ({marks})",
+            "SELECT key, fold, path, is_dir, size, mtime_ns, remote_id, uri FROM scan"
+            f" WHERE run_id = ? AND side = ? AND key IN ({marks})",
             (run_id, side, *wanted),
         ) as cursor:
             rows = await cursor.fetchall()
-        return {str(r[0]) for r in rows}
+        return {
+            r[0]: ScanRow(r[0], r[1], r[2], bool(r[3]), int(r[4]), int(r[5]), r[6], r[7])
+            for r in rows
+        }
 
     # plans
 
@@ -475,28 +502,52 @@ class StateDB:
 
     # items
 
-    async def record_items(
-        self, job_id: int, run_id: int, items: Sequence[tuple[str, int, int, str, str]]
-    ) -> None:
-        """Upsert item outcomes ``(key, size, mtime_ns, status, error)`` in one transaction.
-
-        ``attempts`` counts failures since the last success.
-        """
+    async def record_items(self, job_id: int, run_id: int, items: Sequence[ItemOutcome]) -> None:
+        """Upsert item outcomes in one transaction; ``attempts`` counts failures since a success."""
         now = time.time()
         async with self._write():
             await self._conn.executemany(
-                "INSERT INTO items(job_id, key, size, mtime_ns, status, attempts, last_error,"
-                " run_id, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO items(job_id, key, size, mtime_ns, hash, remote_id, remote_mtime_ns,"
+                " status, attempts, last_error, run_id, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(job_id, key) DO UPDATE SET size = excluded.size,"
                 " mtime_ns = excluded.mtime_ns, status = excluded.status,"
+                " hash = CASE WHEN excluded.hash != '' THEN excluded.hash ELSE items.hash END,"
+                " remote_id = CASE WHEN excluded.hash != '' THEN excluded.remote_id"
+                " ELSE items.remote_id END,"
+                " remote_mtime_ns = CASE WHEN excluded.hash != '' THEN excluded.remote_mtime_ns"
+                " ELSE items.remote_mtime_ns END,"
                 " attempts = CASE WHEN excluded.status = 'failed' THEN items.attempts + 1"
                 " ELSE 0 END, last_error = excluded.last_error, run_id = excluded.run_id,"
                 " updated_at = excluded.updated_at",
                 [
-                    (job_id, key, size, mtime, status, int(status == "failed"), error, run_id, now)
-                    for key, size, mtime, status, error in items
+                    (
+                        job_id,
+                        i.key,
+                        i.size,
+                        i.mtime_ns,
+                        i.hash,
+                        i.remote_id,
+                        i.remote_mtime_ns,
+                        i.status,
+                        int(i.status == "failed"),
+                        i.error,
+                        run_id,
+                        now,
+                    )
+                    for i in items
                 ],
             )
+
+    async def fingerprint(self, job_id: int, key: str) -> tuple[str, str, int] | None:
+        """Return ``(hash, remote_id, remote_mtime_ns)`` recorded for an item, or None."""
+        async with self._conn.execute(
+            "SELECT hash, remote_id, remote_mtime_ns FROM items"
+            " WHERE job_id = ? AND key = ? AND hash != ''",
+            (job_id, key),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else (str(row[0]), str(row[1]), int(row[2]))
 
     async def failed_items(self, job: str, limit: int = 20) -> list[tuple[str, int, str]]:
         """Return ``(key, attempts, last_error)`` of the job's failed items."""

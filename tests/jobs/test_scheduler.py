@@ -190,3 +190,39 @@ def test_jobs_all_is_sorted_and_resolves() -> None:
 
     assert list(jobs.__all__) == sorted(set(jobs.__all__))
     assert all(hasattr(jobs, name) for name in jobs.__all__)
+
+
+async def test_checksum_compare_catches_same_size_same_time_edits(tmp_path: Path) -> None:
+    """compare = checksum re-uploads a same-size edit that size-mtime cannot see."""
+    make_src(tmp_path / "src", 2)
+    drive = FakeDrive()
+    spec = job(tmp_path, compare="checksum")
+    assert (await run(tmp_path, spec, drive)).snapshot.transfers == 2
+    assert (await run(tmp_path, spec, drive)).snapshot.transfers == 0
+
+    edited = tmp_path / "src" / "f001.bin"
+    stat = edited.stat()
+    edited.write_bytes(b"Z" * stat.st_size)
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (await run(tmp_path, job(tmp_path, name="other"), drive)).snapshot.transfers == 0
+    again = await run(tmp_path, spec, drive)
+    assert again.snapshot.transfers == 1
+    assert drive.uploads[-1] == ("/t/f001.bin", True)
+    assert drive.files["/t/f001.bin"][0] == b"Z" * stat.st_size
+
+
+@pytest.mark.parametrize("compare", ["size-mtime", "checksum"])
+async def test_rename_policy_does_not_pile_up_copies_across_runs(
+    tmp_path: Path, compare: str
+) -> None:
+    """on_conflict = rename writes name (1).ext once; later runs see it and skip."""
+    make_src(tmp_path / "src", 1)
+    drive = FakeDrive()
+    drive.put("/t/f000.bin", b"someone else's")
+    spec = job(tmp_path, on_conflict="rename", compare=compare)
+    first = await run(tmp_path, spec, drive)
+    second = await run(tmp_path, spec, drive)
+    assert (first.snapshot.transfers, second.snapshot.transfers) == (1, 0)
+    assert second.planned["skip"] == (1, 10)
+    assert [path for path, _ in drive.uploads] == ["/t/f000 (1).bin"]
+    assert drive.files["/t/f000.bin"][0] == b"someone else's"

@@ -38,6 +38,27 @@ async def test_migrations_set_user_version_and_reopen_cleanly(tmp_path: Path) ->
         assert await db.job_id("a") == job
 
 
+async def test_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
+    """A database at schema version 1 gains the item fingerprint column and keeps its rows."""
+    import sqlite3
+
+    from jobs.state import _MIGRATIONS, ItemOutcome
+
+    path = tmp_path / "s.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(_MIGRATIONS[0] + "; INSERT INTO jobs(name, created_at) VALUES ('old', 0);")
+    conn.execute("PRAGMA user_version=1")
+    conn.close()
+    async with StateDB.open(path) as db:
+        assert await db.schema_version() == len(_MIGRATIONS)
+        job = await db.job_id("old")
+        assert job == 1
+        await db.record_items(job, 1, [ItemOutcome("k", 1, 1, "done", "", "h", "id", 5)])
+        assert await db.fingerprint(job, "k") == ("h", "id", 5)
+        await db.record_items(job, 2, [ItemOutcome("k", 1, 1, "failed", "boom")])
+        assert await db.fingerprint(job, "k") == ("h", "id", 5)
+
+
 async def test_journal_round_trips_sessions_and_acked_chunks(tmp_path: Path) -> None:
     """The SQLite journal returns the saved session with its acks; a new session resets them."""
     async with StateDB.open(tmp_path / "s.db") as db:
