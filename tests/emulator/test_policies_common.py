@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import anyio
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -331,3 +332,32 @@ async def test_part_bodies_stream_to_disk_in_bounded_memory(tmp_path: Path) -> N
             tracemalloc.stop()
     # Client and server share the process: about 7 MiB of fixed buffers, never a whole body.
     assert peak < 16 << 20, peak
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("policy_type", ["s3", "cos", "obs"])
+async def test_parts_sent_concurrently_complete_in_order(tmp_path: Path, policy_type: str) -> None:
+    """Parts PUT in parallel (as chunk_concurrency allows) complete into the right bytes."""
+    part = 5 << 20
+    data = payload(3 * part + 1234)
+    async with running_storage(tmp_path) as env:
+        session, creds = await env.open(policy_type, len(data), chunk_size=part)
+        pieces = chunks(data, part)
+        etags = [""] * len(pieces)
+
+        async def send(index: int) -> None:
+            url = creds.upload_urls[index]
+            async with env.http.put(url, data=io.BytesIO(pieces[index]), headers=OCTET) as resp:
+                assert resp.status == 200, await resp.text()
+                etags[index] = resp.headers["ETag"]
+
+        async with anyio.create_task_group() as tg:
+            for index in reversed(range(len(pieces))):
+                tg.start_soon(send, index)
+        headers = {**OCTET, "x-cos-forbid-overwrite": "true"}
+        status, body = await post(env, creds.complete_url, complete_xml(etags), headers)
+        assert status == 200, body
+        if policy_type != "obs":
+            assert (await env.callback(session)).status == 200
+        assert env.host.completed == {session.session_id: len(data)}
+        assert await env.download(session) == data
