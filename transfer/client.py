@@ -23,8 +23,8 @@ import json
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -64,7 +64,7 @@ from transfer.errors import (
 )
 from transfer.pacer import Pacer
 
-__all__ = ["DriveClient", "HttpAnswer", "StreamAnswer"]
+__all__ = ["DriveClient", "HttpAnswer", "StreamAnswer", "network_errors"]
 
 log = structlog.get_logger()
 
@@ -83,6 +83,15 @@ class HttpAnswer:
     body: bytes
 
 
+@contextmanager
+def network_errors(method: str, url: str) -> Iterator[None]:
+    """Convert aiohttp and socket failures into :class:`NetworkError` (the one place we do)."""
+    try:
+        yield
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise NetworkError(f"{type(exc).__name__}: {exc}", method, _strip_query(url)) from exc
+
+
 class StreamAnswer:
     """An HTTP answer whose body is read in blocks; read errors become NetworkError."""
 
@@ -95,11 +104,9 @@ class StreamAnswer:
 
     async def blocks(self, size: int = 1 << 18) -> AsyncIterator[bytes]:
         """Yield the body in blocks of at most ``size`` bytes."""
-        try:
+        with network_errors(self._method, self._url):
             async for block in self._resp.content.iter_chunked(size):
                 yield block
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise NetworkError(f"{type(exc).__name__}: {exc}", self._method, self._url) from exc
 
     async def read(self) -> bytes:
         """Read the whole (small) body."""
@@ -217,7 +224,7 @@ class DriveClient:
     ) -> HttpAnswer:
         """Send one request and read the whole answer; aiohttp failures become NetworkError."""
         started = time.monotonic()
-        try:
+        with network_errors(method, url):
             target = URL(url, encoded=True) if session is self._storage else url
             async with session.request(
                 method,
@@ -230,8 +237,6 @@ class DriveClient:
             ) as resp:
                 body = await resp.read()
                 answer = HttpAnswer(resp.status, resp.headers, body)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise NetworkError(f"{type(exc).__name__}: {exc}", method, _strip_query(url)) from exc
         self._observe_date(answer.headers)
         log.debug(
             "request_completed",
@@ -661,10 +666,8 @@ class DriveClient:
         self, url: str, *, headers: Mapping[str, str] | None = None
     ) -> AsyncIterator[StreamAnswer]:
         """GET a storage URL or content link verbatim, without any token, for block reading."""
-        try:
+        with network_errors("GET", url):
             resp = await self.storage_http.get(URL(url, encoded=True), headers=headers)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise NetworkError(f"{type(exc).__name__}: {exc}", "GET", _strip_query(url)) from exc
         try:
             yield StreamAnswer(resp, "GET", _strip_query(url))
         finally:
