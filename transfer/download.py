@@ -263,6 +263,7 @@ class Downloader:
         with job.part.open("r+b") as fh:
             while pos < end or (size == 0 and index not in job.done):
                 url = await job.urls.get()
+                before = pos
                 try:
                     pos = await self._fetch_once(job, index, fh.fileno(), url, pos, end)
                 except _DeadUrl as dead:
@@ -275,7 +276,8 @@ class Downloader:
                     continue
                 except FerryError as exc:
                     pos = max(pos, job.reached.get(index, pos))
-                    attempts += 1
+                    # Attempts count failures in a row without progress.
+                    attempts = 1 if pos > before else attempts + 1
                     if not exc.retryable or attempts >= self.max_attempts:
                         raise DownloadFailed(
                             job.entry.path, pos, str(exc), retryable=exc.retryable, fatal=exc.fatal
@@ -314,7 +316,8 @@ class Downloader:
             try:
                 async for block in answer.blocks():
                     if pos + len(buffer) + len(block) > end:
-                        raise ServerError(answer.status, answer.status, "body longer than range")
+                        # The file is larger than the entry says: it changed since listing.
+                        raise IntegrityError(job.entry.path, end, "a longer body")
                     buffer += block
                     if len(buffer) >= _WRITE_BLOCK:
                         pos = await self._write(job, index, fd, pos, bytes(buffer))
