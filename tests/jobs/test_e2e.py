@@ -1,4 +1,9 @@
-"""End to end: the `ferry` CLI as a subprocess against an in-process emulator on a real port."""
+"""End to end: the `ferry` CLI as a subprocess against an in-process emulator on a real port.
+
+Each test starts the CLI several times as a real process (about 1.5 s of interpreter start and
+imports each on this machine), so these tests take 5-10 s apiece; chunks are 16 KiB so the
+files stay small.
+"""
 
 from __future__ import annotations
 
@@ -257,8 +262,8 @@ async def test_signal_saves_state_exits_128_plus_signal_and_next_run_resumes(
         assert emu.requests.count("POST", CHUNK_ROUTE) <= 30 + 1
 
 
-async def test_exit_codes_for_auth_failure_unreachable_server_and_limit(tmp_path: Path) -> None:
-    """Wrong password exits 3, an unreachable server 6, a max_transfer cap 5."""
+async def test_exit_codes_for_auth_failure_and_transfer_limit(tmp_path: Path) -> None:
+    """A wrong password exits 3; a max_transfer cap exits 5."""
     make_tree(tmp_path / "src")
     async with emulator(tmp_path) as emu:
         config = write_config(tmp_path, emu.url, UPLOAD)
@@ -270,9 +275,13 @@ async def test_exit_codes_for_auth_failure_unreachable_server_and_limit(tmp_path
         assert capped.returncode == 5, capped.stderr.decode()
         assert b"max_transfer reached" in capped.stdout
 
-    dead = write_config(tmp_path, "http://127.0.0.1:9", UPLOAD)
-    unreachable = await ferry(dead, "run")
+
+async def test_unreachable_server_exits_6_after_retries(tmp_path: Path) -> None:
+    """A server that refuses connections is a fatal remote error (exit 6) once retries run out."""
+    make_tree(tmp_path / "src")
+    unreachable = await ferry(write_config(tmp_path, "http://127.0.0.1:9", UPLOAD), "run")
     assert unreachable.returncode == 6, unreachable.stderr.decode()
+    assert b'"retries": 4' in unreachable.stderr
 
 
 async def test_secrets_never_reach_output(tmp_path: Path) -> None:
