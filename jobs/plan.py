@@ -315,7 +315,7 @@ class _Planner:
         """Decide one key from its source and target entries."""
         if len(srcs) > 1:
             for src in srcs:
-                log.error("item_collision", path=src.path, key=key, reason="nfc_collision")
+                log.error("collision_detected", path=src.path, key=key, reason="nfc_collision")
                 await self.add("fail", src, "", "nfc_collision")
             return
         if not srcs:
@@ -389,7 +389,7 @@ class _Planner:
         elif policy == "skip":
             await self.add("skip", src, target, reason)
         else:
-            log.error("item_conflict", path=src.path, reason=reason)
+            log.error("conflict_detected", path=src.path, reason=reason)
             await self.add("fail", src, target, reason)
 
     async def renamed(self, src: ScanRow, tag: str) -> tuple[str, str]:

@@ -192,6 +192,7 @@ class _Run:
     reporter: Reporter
     stats_interval_s: float
     limit: str = ""
+    fatal_error: FerryError | None = None
     started_bytes: int = 0
     deletes: int = 0
     pending_items: list[ItemOutcome] = field(default_factory=list)
@@ -307,8 +308,10 @@ async def _finish(
 
 def _verdict(run: _Run, summary: PlanSummary) -> tuple[int, str, str]:
     snap = run.stats.snapshot()
-    if run.stats.fatal:
-        return EXIT_FATAL, "fatal", "a fatal error stopped the run"
+    if isinstance(run.fatal_error, AuthError):
+        return EXIT_AUTH, "auth_failed", str(run.fatal_error)
+    if run.fatal_error is not None or run.stats.fatal:
+        return EXIT_FATAL, "fatal", str(run.fatal_error or "a fatal error stopped the run")
     if run.limit:
         return EXIT_LIMIT, "limit_reached", f"{run.limit} reached"
     errors = snap.errors + summary.errors
@@ -445,6 +448,8 @@ async def _transfer_one(run: _Run, drive: DriveLike, row: PlanRow) -> None:
         fingerprint = await _fingerprint(run, local, remote)
     except (FerryError, OSError) as exc:
         error = exc
+        if isinstance(exc, FerryError) and exc.fatal and run.fatal_error is None:
+            run.fatal_error = exc
         log.error("transfer_failed", path=row.key, error=str(exc), error_type=type(exc).__name__)
         await run.record(row, "failed", f"{type(exc).__name__}: {exc}")
     except BaseException as exc:

@@ -25,7 +25,7 @@ from jobs.scheduler import (
 from jobs.spec import JobSpec
 from jobs.state import StateDB
 from tests.jobs.fakes import FakeDrive
-from transfer import QuotaExceeded, ServerError
+from transfer import AuthError, QuotaExceeded, ServerError
 
 pytestmark = pytest.mark.anyio
 
@@ -128,8 +128,18 @@ async def test_fatal_error_stops_the_run_with_exit_6(tmp_path: Path) -> None:
     outcome = await run(tmp_path, job(tmp_path, transfers=1), drive)
     assert outcome.exit_code == 6
     assert drive.uploads == []
+    assert "Insufficient capacity" in outcome.message
     async with StateDB.open(tmp_path / "state.db") as db:
         assert await db.item_counts("j") == {"failed": 1, "blocked": 5}
+
+
+async def test_auth_failure_during_transfers_exits_3(tmp_path: Path) -> None:
+    """A token refresh that fails mid-run is an authentication failure: exit 3."""
+    make_src(tmp_path / "src", 2)
+    drive = FakeDrive()
+    drive.fail_paths["/t/f000.bin"] = AuthError(401, 401, "refresh token revoked")
+    outcome = await run(tmp_path, job(tmp_path, transfers=1), drive)
+    assert (outcome.exit_code, outcome.status) == (3, "auth_failed")
 
 
 def test_job_lock_is_exclusive(tmp_path: Path) -> None:
