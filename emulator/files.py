@@ -42,6 +42,7 @@ from emulator.store import (
     Uri,
     User,
     commit_version,
+    encode_segment,
     format_uri,
     my_uri,
     parent_of,
@@ -187,13 +188,21 @@ def file_json(
     *,
     extended: bool = False,
     summary: bool = False,
+    parent: tuple[str, bool] | None = None,
 ) -> dict[str, Any]:
-    """Return the ``FileResponse`` of an item (contract 5.1)."""
+    """Return the ``FileResponse`` of an item (contract 5.1).
+
+    ``parent`` is ``(parent URI, parent in trash)`` when the caller knows it (listings), which
+    spares walking up the tree for every item.
+    """
     meta = st.store.metadata(item.id)
     name = item.name
     if item.trashed and "sys:restore_uri" in meta:
         name = parent_of(parse_uri(meta["sys:restore_uri"]).path)[1]
-    in_trash = st.store.in_trash(item)
+    if parent is not None:
+        path, in_trash = f"{parent[0]}/{encode_segment(item.name)}", parent[1]
+    else:
+        path, in_trash = file_uri(st, item, view), st.store.in_trash(item)
     body: dict[str, Any] = {
         "type": item.type,
         "id": item.hash_id,
@@ -202,7 +211,7 @@ def file_json(
         "updated_at": timestamp(item.updated_at),
         "size": 0 if item.is_folder else item.size,
         "metadata": meta or None,
-        "path": file_uri(st, item, view),
+        "path": path,
         "capability": CAP_TRASH
         if in_trash
         else CAP_SHARE
@@ -329,11 +338,14 @@ async def list_files(request: web.Request) -> web.Response:
     items = _sorted(items, order_by, direction, mixed=bool(search))
     start = _cursor_start(items, request.query.get("next_page_token", ""))
     page = items[start : start + page_size]
+    known = None
+    if folder is not None and not search:
+        known = (file_uri(st, folder, uri), st.store.in_trash(folder))
     pagination: dict[str, Any] = {"page": 0, "page_size": page_size, "is_cursor": True}
     if start + page_size < len(items):
         pagination["next_token"] = _cursor_token(page[-1].id, start + page_size)
     body: dict[str, Any] = {
-        "files": [file_json(st, f, user, uri) for f in page],
+        "files": [file_json(st, f, user, uri, parent=known) for f in page],
         "pagination": pagination,
         "props": {
             "capability": capability,
