@@ -382,3 +382,26 @@ async def test_s4_shared_with_me_lists_empty_and_needs_login(api: Api) -> None:
     api.token = ""
     _, body = await api.call("GET", "/file", params={"uri": "cloudreve://shared_with_me"})
     assert body["code"] == 401
+
+
+async def test_s5_2_thousands_of_entries_page_without_loss(api: Api, emu: EmulatorHandle) -> None:
+    """2501 files in pages of 1000 come back as 3 pages with 2501 unique ids."""
+    user = emu.user(USER)
+    folder = emu.store.mkdirs(user.id, "/many")
+    with emu.store.tx():
+        for i in range(2501):
+            emu.store.insert_file(user.id, folder.id, f"f{i:05}.bin", 0, 1)
+    pages = 0
+    ids: set[str] = set()
+    token = ""
+    while True:
+        params = {"uri": "cloudreve://my/many", "page_size": "1000", "order_by": "name"}
+        if token:
+            params["next_page_token"] = token
+        data = await api.ok("GET", "/file", params=params)
+        pages += 1
+        ids.update(f["id"] for f in data["files"])
+        token = data["pagination"].get("next_token", "")
+        if not token:
+            break
+    assert (pages, len(ids)) == (3, 2501)
