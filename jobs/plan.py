@@ -33,7 +33,14 @@ import structlog
 from jobs.filters import Filter
 from jobs.spec import JobSpec
 from jobs.state import DST, SRC, PlanRow, ScanRow, StateDB
-from transfer import ListingInconsistent, RemoteEntry, UnsafeName, join_remote, safe_local_name
+from transfer import (
+    FerryError,
+    ListingInconsistent,
+    RemoteEntry,
+    UnsafeName,
+    join_remote,
+    safe_local_name,
+)
 
 __all__ = [
     "MTIME_WINDOW_NS",
@@ -457,8 +464,8 @@ async def plan_job(
         else:
             await scan_remote(db, run_id, SRC, drive, job.source.path, filt)
             await scan_local(db, run_id, DST, Path(job.target.path), filt, False, summary)
-    except Exception as exc:
-        if getattr(exc, "fatal", False) and not isinstance(exc, ListingInconsistent):
+    except (FerryError, OSError) as exc:
+        if isinstance(exc, FerryError) and exc.fatal and not isinstance(exc, ListingInconsistent):
             raise
         log.error("listing_failed", error=str(exc), error_type=type(exc).__name__)
         summary.issues.append(WalkIssue("", "listing_failed", str(exc), True))
