@@ -185,7 +185,7 @@ class Uploader:
         saved = await target.journal.load(target.key)
         previous = saved
         if saved is not None and not self._resumable(saved, target.uri, target.size):
-            await self._cancel(saved, target.journal, target.key)
+            await self._discard(saved, target)
             saved = None
         if saved is None:
             return await self._new_session(target, previous)
@@ -307,6 +307,15 @@ class Uploader:
         except NotFound:
             return False
         return entry.metadata.get("sys:upload_session_id") == previous.session_id
+
+    async def _discard(self, saved: SavedUpload, target: _Target) -> None:
+        """Cancel a session we will not resume; if that fails, its orphan is handled at open."""
+        try:
+            await self._cancel(saved, target.journal, target.key)
+        except FerryError as exc:
+            if exc.fatal:
+                raise
+            log.warning("upload_session_cancel_failed", session_id=saved.session_id, error=str(exc))
 
     async def _cancel(self, saved: SavedUpload, journal: UploadJournal, key: str) -> None:
         """Delete a session and its placeholder; a session the server no longer has is fine."""

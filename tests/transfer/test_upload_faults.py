@@ -214,13 +214,20 @@ async def test_br11_orphan_placeholder_of_our_session_is_cleaned_once(
     # The local file changed size: the old session cannot be resumed; its cancel fails once.
     src.write_bytes(os.urandom(CHUNK + 1))
     emu.faults.fail("DELETE", "/api/v4/file/upload", status=502, times=1)
+    emu.requests.clear()
     async with connected(
-        emu, tmp_path, pacer=PacerConfig(min_sleep_s=0.0, max_attempts=1)
+        emu,
+        tmp_path,
+        pacer=PacerConfig(min_sleep_s=0.0, max_attempts=1),
+        transfer=TransferConfig(file_retries=0),
     ) as drive:
         entry = await drive.upload(src, "/o/draft.bin", overwrite=False, journal=journal, key="k")
         listing = await drive.list("/o")
     assert entry.size == CHUNK + 1
     assert [(e.name, e.uploading) for e in listing] == [("draft.bin", False)]
+    # cancel (502), create (40004: our placeholder), cancel again, create.
+    assert emu.requests.count("DELETE", "/api/v4/file/upload") == 2
+    assert emu.requests.count("PUT", "/api/v4/file/upload") == 2
 
 
 @pytest.mark.anyio
