@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
+OCTET = "application/octet-stream"
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host", "trailer"}
     | {"proxy-authorization", "proxy-authenticate"}
@@ -129,6 +130,8 @@ class _Issued:
     method: str
     path: str
     query: tuple[tuple[str, str], ...]
+    content_type: str = ""
+    """The Content-Type the URL binds; empty when it binds none."""
 
 
 class S3Driver:
@@ -147,6 +150,9 @@ class S3Driver:
     ) -> None:
         self.type = policy_type
         self.bucket = f"cloudreve-{policy_type}-{secrets.token_hex(4)}"
+        # Cloudreve's KS3 driver presigns with ContentType application/octet-stream, which KS3
+        # signs: its part and complete requests must carry exactly that type. S3's URLs do not.
+        self._binds_type = policy_type == "ks3"
         self._moto = moto
         self._host = host
         self._http = http
@@ -240,7 +246,8 @@ class S3Driver:
         """
         url = URL(raw_url, encoded=True)
         signature = url.query["X-Amz-Signature"]
-        self._issued[signature] = _Issued(method, url.path, tuple(sorted(url.query.items())))
+        bound = OCTET if self._binds_type and method in ("PUT", "POST") else ""
+        self._issued[signature] = _Issued(method, url.path, tuple(sorted(url.query.items())), bound)
         self._issued_expiry[signature] = expires_at
 
         return raw_url
@@ -370,8 +377,11 @@ class S3Driver:
         if not signature:
             return xml_error(403, "AccessDenied", "Access Denied")
         issued = self._issued.get(signature)
+        sent_type = (
+            request.headers.get("Content-Type", "") if issued and issued.content_type else ""
+        )
         if issued is None or issued != _Issued(
-            request.method, request.path, tuple(sorted(request.query.items()))
+            request.method, request.path, tuple(sorted(request.query.items())), sent_type
         ):
             return xml_error(
                 403,

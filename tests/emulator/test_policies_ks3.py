@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.emulator.test_policies_common import OCTET, running_storage, xml_code
+from tests.emulator.test_policies_common import (
+    OCTET,
+    complete_xml,
+    post,
+    running_storage,
+    xml_code,
+)
 from tests.emulator.test_policies_s3 import full_flow
 
 
@@ -35,3 +41,21 @@ async def test_s11_1_expired_ks3_part_url_is_access_denied(tmp_path: Path) -> No
         env.clock.offset = 3700
         async with env.http.put(creds.upload_urls[0], data=b"x" * 10, headers=OCTET) as resp:
             assert (resp.status, xml_code(await resp.text())) == (403, "AccessDenied")
+
+
+@pytest.mark.anyio
+async def test_s6_3_ks3_urls_bind_the_octet_stream_type(tmp_path: Path) -> None:
+    """KS3 signs Content-Type application/octet-stream: other types on part or complete get 403."""
+    async with running_storage(tmp_path) as env:
+        _, creds = await env.open("ks3", 10)
+        typed = {"Content-Type": "text/plain"}
+        async with env.http.put(creds.upload_urls[0], data=b"x" * 10, headers=typed) as resp:
+            assert (resp.status, xml_code(await resp.text())) == (403, "SignatureDoesNotMatch")
+        async with env.http.put(creds.upload_urls[0], data=b"x" * 10, headers=OCTET) as resp:
+            assert resp.status == 200
+            etag = resp.headers["ETag"]
+        xml = {"Content-Type": "application/xml"}
+        status, body = await post(env, creds.complete_url, complete_xml([etag]), xml)
+        assert (status, xml_code(body)) == (403, "SignatureDoesNotMatch")
+        status, body = await post(env, creds.complete_url, complete_xml([etag]), OCTET)
+        assert status == 200, body
