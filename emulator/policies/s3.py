@@ -6,7 +6,8 @@ reasons: moto accepts any signature and never expires a presigned URL (contract 
 emulator's own fault injection must apply to part uploads. The proxy therefore
 
 * answers ``403 SignatureDoesNotMatch`` unless method, path and query are exactly those of a URL
-  this driver presigned (the signature covers them on real S3);
+  this driver presigned (the signature covers them on real S3), and for KS3 unless part and
+  complete requests carry ``Content-Type: application/octet-stream`` (KS3 signs it);
 * answers ``403 AccessDenied`` / ``Request has expired`` once the URL's expiry (the session's
   ``expires``, or the download TTL) lies behind the emulator clock; ``X-Amz-Expires`` carries the
   same remaining lifetime for clients that read it;
