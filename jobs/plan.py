@@ -345,7 +345,7 @@ class _Planner:
         elif await self.same(src, dst):
             await self.add("skip", src, dst.path, "unchanged")
         else:
-            await self.decide_conflict(src, dst.path, "conflict")
+            await self.decide_conflict(src, dst.path, "changed")
 
     async def same(self, src: ScanRow, dst: ScanRow) -> bool:
         """True when the target already holds the source's content under ``compare``.
@@ -396,6 +396,7 @@ class _Planner:
         elif policy == "skip":
             await self.add("skip", src, target, reason)
         else:
+            reason = "conflict" if reason == "changed" else reason
             log.error("conflict_detected", path=src.path, reason=reason)
             await self.add("fail", src, target, reason)
 
