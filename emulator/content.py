@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import mimetypes
 import os
+import uuid
 from typing import Any
 from urllib.parse import quote
 
@@ -112,7 +113,7 @@ async def create_urls(request: web.Request) -> web.StreamResponse:
                 raise ApiError(errors.NO_PERMISSION, "Not supported action")
             url, exp = await _url_for(st, item, entity_raw, download=download)
         except ApiError as exc:
-            failed[raw] = {"code": exc.code, "msg": exc.msg}
+            failed[raw] = {"code": exc.code, "msg": exc.msg, "correlation_id": str(uuid.uuid4())}
             urls.append({"url": ""})
             continue
         urls.append({"url": url})

@@ -390,3 +390,17 @@ async def test_s6_4_without_preallocation_a_gap_is_50004(tmp_path: Path) -> None
         await _chunk(api, sess["session_id"], 0, b"0123")
         await _chunk(api, sess["session_id"], 1, b"4567")
         assert await api.download("cloudreve://my/a") == b"01234567"
+
+
+async def test_s6_7_cancelling_a_version_keeps_the_file(api: Api, emu: EmulatorHandle) -> None:
+    """Cancelling a version session removes only the placeholder version."""
+    await api.upload("cloudreve://my/a", b"keep")
+    sess = await _session(api, "cloudreve://my/a", 6, entity_type="version")
+    await api.ok(
+        "DELETE", "/file/upload", json={"id": sess["session_id"], "uri": "cloudreve://my/a"}
+    )
+    info = await api.ok("GET", "/file/info", params={"uri": "cloudreve://my/a", "extended": "true"})
+    assert info["metadata"] is None
+    assert len(info["extended_info"]["entities"]) == 1
+    assert await api.download("cloudreve://my/a") == b"keep"
+    assert (await api.ok("GET", "/user/capacity"))["used"] == 4
