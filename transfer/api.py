@@ -34,6 +34,7 @@ __all__ = [
     "CODE_LOGIN_REQUIRED",
     "CODE_SIGN_EXPIRED",
     "Capacity",
+    "EntityInfo",
     "ListPage",
     "Token",
     "UploadSession",
@@ -41,6 +42,7 @@ __all__ = [
     "decode_response",
     "error_for_code",
     "parse_capacity",
+    "parse_entities",
     "parse_entry",
     "parse_list_page",
     "parse_retry_after",
@@ -92,6 +94,15 @@ class Capacity:
     def free(self) -> int:
         """Bytes still available (never negative)."""
         return max(0, self.total - self.used)
+
+
+@dataclass(frozen=True, slots=True)
+class EntityInfo:
+    """One blob of a file (``extended_info.entities``): type 0 version, 1 thumbnail, 2 live."""
+
+    id: str
+    size: int
+    type: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +374,24 @@ def parse_entry(data: object) -> RemoteEntry:
         primary_entity=primary if isinstance(primary, str) and primary else None,
         metadata=metadata,
     )
+
+
+def parse_entities(data: object) -> list[EntityInfo]:
+    """Decode the ``extended_info.entities`` of an extended ``FileResponse``."""
+    obj = _obj(data, "file")
+    extended = _obj(obj.get("extended_info") or {}, "extended_info")
+    items = extended.get("entities") or []
+    if not isinstance(items, list):
+        raise _malformed("'entities' is not a list")
+    entities = []
+    for item in items:
+        entity = _obj(item, "entity")
+        entities.append(
+            EntityInfo(
+                id=_str(entity, "id"), size=_int(entity, "size", 0), type=_int(entity, "type", 0)
+            )
+        )
+    return entities
 
 
 def parse_list_page(data: object) -> ListPage:

@@ -41,12 +41,14 @@ from yarl import URL
 from transfer.api import (
     CODE_2FA_REQUIRED,
     Capacity,
+    EntityInfo,
     ListPage,
     Token,
     UploadSession,
     UrlBatch,
     decode_response,
     parse_capacity,
+    parse_entities,
     parse_entry,
     parse_list_page,
     parse_token,
@@ -552,6 +554,11 @@ class DriveClient:
         if extended:
             params["extended"] = "true"
         return parse_entry(await self.call("GET", "/file/info", params=params, what="file info"))
+
+    async def entities(self, uri: str) -> list[EntityInfo]:
+        """Return the blobs of a file (versions, thumbnails) from its extended info."""
+        params = {"uri": uri, "extended": "true"}
+        return parse_entities(await self.call("GET", "/file/info", params=params, what="info"))
 
     async def create(self, uri: str, *, folder: bool) -> RemoteEntry:
         """Create a file or folder with its ancestors; an existing one of that type is returned."""

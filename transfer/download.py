@@ -160,7 +160,7 @@ class Downloader:
         """
         if entry.is_dir:
             raise UnsupportedFeature(f"{entry.path} is a folder; create it instead")
-        if entry.uploading:
+        if entry.uploading and not await self._has_finished_primary(entry):
             raise DownloadFailed(entry.path, 0, "file is an unfinished upload")
         await anyio.Path(local.parent).mkdir(parents=True, exist_ok=True)
         part = part_path(local)
@@ -176,6 +176,17 @@ class Downloader:
                 log.warning("download_restarted", path=entry.path)
         await anyio.to_thread.run_sync(self._finish, job, local)
         log.info("download_completed", path=entry.path, size_bytes=entry.size)
+
+    async def _has_finished_primary(self, entry: RemoteEntry) -> bool:
+        """True when an entry in upload state still serves a finished older version.
+
+        The server marks the file with ``sys:upload_session_id`` for a new version too, while
+        the primary entity stays the previous, complete one; a new file's only entity is the
+        partial placeholder.
+        """
+        versions = [e for e in await self.client.entities(entry.uri) if e.type == 0]
+        primary = [e for e in versions if e.id == entry.primary_entity]
+        return len(versions) >= 2 and len(primary) == 1 and primary[0].size == entry.size
 
     def _prepare(self, job: _Job, fresh: bool) -> None:
         """Open or reset the ``.part`` file and load which segments an earlier run finished."""

@@ -299,3 +299,32 @@ async def test_s6_5_permanent_chunk_failure_cancels_the_session(
         assert await drive.stat("/x/perm.bin") is None
     assert "k" not in journal.sessions
     assert emu.requests.count("DELETE", "/api/v4/file/upload") == 1
+
+
+@pytest.mark.anyio
+async def test_br32_interrupted_overwrite_keeps_v1_until_v2_commits(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """A v2 upload cut after chunk 0 leaves v1 readable; resuming it commits v2."""
+    v1 = os.urandom(CHUNK + 10)
+    v2 = os.urandom(2 * CHUNK + 20)
+    src = tmp_path / "report.pdf"
+    src.write_bytes(v1)
+    journal = MemoryJournal()
+    strict = PacerConfig(min_sleep_s=0.0, max_attempts=1)
+    async with connected(
+        emu, tmp_path, pacer=strict, transfer=TransferConfig(file_retries=0)
+    ) as drive:
+        await drive.upload(src, "/b/report.pdf", overwrite=False, journal=journal, key="v1")
+        src.write_bytes(v2)
+        emu.faults.fail("POST", CHUNK_ROUTE, nth=2, status=503)
+        with pytest.raises(UploadFailed):
+            await drive.upload(src, "/b/report.pdf", overwrite=True, journal=journal, key="v2")
+        current = await drive.stat("/b/report.pdf")
+        assert current is not None
+        await drive.download(current, tmp_path / "now.pdf")
+        assert (tmp_path / "now.pdf").read_bytes() == v1
+        done = await drive.upload(src, "/b/report.pdf", overwrite=True, journal=journal, key="v2")
+        await drive.download(done, tmp_path / "after.pdf")
+    assert (tmp_path / "after.pdf").read_bytes() == v2
+    assert done.id == current.id
