@@ -405,3 +405,12 @@ async def test_s5_2_thousands_of_entries_page_without_loss(api: Api, emu: Emulat
         if not token:
             break
     assert (pages, len(ids)) == (3, 2501)
+
+
+async def test_s5_9_put_content_on_uploading_file_is_40073(api: Api) -> None:
+    """PUT /file/content on a path locked by an upload session is 40073."""
+    await api.ok("PUT", "/file/upload", json={"uri": "cloudreve://my/u.txt", "size": 4})
+    _, body = await api.call(
+        "PUT", "/file/content", params={"uri": "cloudreve://my/u.txt"}, data=b"x"
+    )
+    assert body["code"] == 40073
