@@ -14,6 +14,7 @@ needs to be held in memory.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -210,8 +211,13 @@ class StateDB:
     @classmethod
     @asynccontextmanager
     async def open(cls, path: Path) -> AsyncIterator[StateDB]:
-        """Open (creating and migrating) the database at ``path`` and close it on exit."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Open (creating and migrating) the database at ``path`` and close it on exit.
+
+        A new database is created with mode 0600 in a 0700 folder: it holds upload-session
+        credentials.
+        """
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         async with aiosqlite.connect(path, isolation_level=None) as conn:
             await conn.execute("PRAGMA journal_mode=WAL")
             # NORMAL keeps every commit across a process kill; only a power loss may drop the

@@ -36,6 +36,7 @@ async def test_migrations_set_user_version_and_reopen_cleanly(tmp_path: Path) ->
     async with StateDB.open(tmp_path / "s.db") as db:
         assert await db.schema_version() == version >= 1
         assert await db.job_id("a") == job
+    assert (tmp_path / "s.db").stat().st_mode & 0o777 == 0o600
 
 
 async def test_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
