@@ -330,10 +330,15 @@ async def _open(
     now = st.clock.now()
     expires = int(now + st.config.session_ttl)
     key = st.store.new_storage_key(owner_id, name)
-    file_id, entity_id = await _placeholder(
-        st, owner_id, parent_id, name, existing, policy, key, session_id, args
-    )
+    # The lock comes first: creating the placeholder may await blob deletion.
     lock = st.store.lock(owner_id, path, "upload", expires - now, FILE)
+    try:
+        file_id, entity_id = await _placeholder(
+            st, owner_id, parent_id, name, existing, policy, key, session_id, args
+        )
+    except BaseException:
+        st.store.unlock(lock.token)
+        raise
     info = UploadSessionInfo(
         session_id=session_id,
         uri=args["uri"],
