@@ -58,7 +58,12 @@ __all__ = [
 log = structlog.get_logger()
 
 MTIME_WINDOW_NS = 1_000_000_000
-"""Modification times closer than this are equal (the drive keeps milliseconds at best)."""
+"""Modification times closer than this are equal.
+
+The drive takes ``last_modified`` in milliseconds, and on MySQL-backed servers its
+``updated_at`` column keeps whole seconds, so a listing can be up to a second behind the local
+file's time.
+"""
 
 _BATCH = 1000
 
