@@ -49,13 +49,10 @@ class _Locator:
             header = _HEADER_RE.match(line)
             if header and not _KEY_RE.match(line):
                 names = _split_dotted(header[2])
+                section = names
                 if header[1] == "[[" and names == ("jobs",):
                     section = ("jobs", jobs_seen)
                     jobs_seen += 1
-                elif header[1] == "[[":
-                    section = names
-                else:
-                    section = names
                 self.lines.setdefault(section, number)
                 continue
             key = _KEY_RE.match(line)
