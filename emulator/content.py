@@ -12,7 +12,10 @@ import hashlib
 import hmac
 import mimetypes
 import os
+import shutil
 import uuid
+import zipfile
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -41,6 +44,7 @@ log = structlog.get_logger("emulator.content")
 routes = web.RouteTableDef()
 _PIECE = 256 * 1024
 _PUBLIC_MAXAGE = 31536000
+ARCHIVE_TTL = 600
 
 
 def sign_url_path(secret: str, path: str, expires: int) -> str:
@@ -99,10 +103,7 @@ async def create_urls(request: web.Request) -> web.StreamResponse:
     if len(uris) > MAX_BATCH:
         raise ApiError(errors.TOO_MANY_URIS, "Too many URIs")
     if field_bool(body, "archive"):
-        if not require_user(request).is_admin:
-            raise ApiError(errors.GROUP_NOT_ALLOWED, "Group not allowed to download archives")
-        # TODO: server-side zip download (archive: true) is not emulated; admins get 40019.
-        raise ApiError(errors.FEATURE_NOT_ENABLED, "Archive download is not emulated")
+        return _archive_url(request, st, uris)
     urls: list[dict[str, Any]] = []
     failed: dict[str, dict[str, Any]] = {}
     earliest: float | None = None
@@ -124,6 +125,68 @@ async def create_urls(request: web.Request) -> web.StreamResponse:
     if field_bool(body, "redirect") and len(uris) == 1 and urls[0]["url"]:
         raise web.HTTPFound(urls[0]["url"])
     return ok({"urls": urls, "expires": timestamp(earliest) if earliest is not None else None})
+
+
+def _archive_url(request: web.Request, st: State, uris: list[str]) -> web.Response:
+    """Return the one URL of a server-side zip of ``uris`` (needs group flag 4: admins)."""
+    user = require_user(request)
+    if not user.is_admin:
+        raise ApiError(errors.GROUP_NOT_ALLOWED, "Group not allowed to download archives")
+    ids = []
+    for raw in uris:
+        uri, _, item = resolve(request, raw)
+        if item is None or uri.fs != "my":
+            raise ApiError(errors.NO_PERMISSION, "Not supported action")
+        ids.append(item.id)
+    archive_id = str(uuid.uuid4())
+    st.store.kv_set(f"archive_{archive_id}", (user.id, ids), ARCHIVE_TTL)
+    expires = int(st.clock.now() + ARCHIVE_TTL)
+    path = f"/api/v4/file/archive/{archive_id}/archive.zip"
+    url = (
+        f"{st.site_url}{path}?sign={quote(sign_url_path(st.store.secret, path, expires), safe='')}"
+    )
+    return ok({"urls": [{"url": url}], "expires": timestamp(expires)})
+
+
+@routes.get("/api/v4/file/archive/{id}/archive.zip")
+async def serve_archive(request: web.Request) -> web.StreamResponse:
+    """Stream a zip of the files recorded for an archive URL (expires with the URL)."""
+    st = state(request)
+    _check_sign(st, request)
+    entry = st.store.kv_get(f"archive_{request.match_info['id']}")
+    if entry is None:
+        raise ApiError(errors.NOT_FOUND, "Archive session expired")
+    work = st.store.data_dir / "tmp" / f"archive_{uuid.uuid4().hex}"
+    work.mkdir(parents=True)
+    try:
+        zip_path = await _build_zip(st, entry[1], work)
+        size = (await anyio.Path(zip_path).stat()).st_size
+        headers = {
+            "Content-Type": "application/zip",
+            "Content-Disposition": "attachment; filename=archive.zip",
+        }
+        return await _send(request, st, zip_path, size, None, headers)
+    finally:
+        await anyio.to_thread.run_sync(shutil.rmtree, work, True)
+
+
+async def _build_zip(st: State, file_ids: list[int], work: Path) -> Path:
+    """Write the files (folders recursively) into ``work/archive.zip``, uncompressed."""
+    zip_path = work / "archive.zip"
+    blob = work / "blob"
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for file_id in file_ids:
+            item = st.store.file(file_id)
+            entries = [(item.name, item)]
+            if item.is_folder:
+                entries = [(item.name + p, f) for p, f in st.store.walk(item, "/")]
+            for arcname, entry in entries:
+                if entry.is_folder:
+                    zf.writestr(arcname + "/", b"")
+                    continue
+                await st.store.export_blob(entry, blob)
+                await anyio.to_thread.run_sync(zf.write, blob, arcname)
+    return zip_path
 
 
 def _check_sign(st: State, request: web.Request) -> None:

@@ -148,3 +148,38 @@ async def test_s1_2_missing_blob_is_404_text(
     async with http.get(url) as resp:
         assert resp.status == 404
         assert await resp.text() == "Entity data does not exist."
+
+
+async def test_s5_8_archive_url_streams_a_zip_for_admins(
+    emu: EmulatorHandle, http: aiohttp.ClientSession, api: Api
+) -> None:
+    """archive: true gives one signed zip URL (admins only; users get 40007)."""
+    import io
+    import zipfile
+
+    from tests.emulator.conftest import ADMIN
+
+    _, body = await api.call(
+        "POST", "/file/url", json={"uris": ["cloudreve://my"], "archive": True}
+    )
+    assert body["code"] == 40007
+    admin = Api(http, emu.url)
+    await admin.sign_in(ADMIN, emu.users[ADMIN])
+    await admin.upload("cloudreve://my/a.txt", b"alpha")
+    await admin.upload("cloudreve://my/d/b.txt", b"beta")
+    data = await admin.ok(
+        "POST",
+        "/file/url",
+        json={"uris": ["cloudreve://my/a.txt", "cloudreve://my/d"], "archive": True},
+    )
+    [entry] = data["urls"]
+    assert "/api/v4/file/archive/" in entry["url"]
+    async with http.get(entry["url"]) as resp:
+        assert resp.status == 200
+        raw = await resp.read()
+    with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+        assert sorted(zf.namelist()) == ["a.txt", "d/b.txt"]
+        assert zf.read("d/b.txt") == b"beta"
+    emu.clock.advance(601)
+    async with http.get(entry["url"]) as resp:
+        assert (await resp.json())["code"] == 40005
