@@ -91,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(_run(config))
+    try:
+        asyncio.run(_run(config))
+    except OSError as exc:
+        print(f"error: cannot serve on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

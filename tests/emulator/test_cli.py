@@ -90,3 +90,24 @@ def test_cli_flags_map_to_config() -> None:
     assert (cfg.quota, cfg.token_ttl, cfg.session_ttl) == (99, 60, 120)
     assert cfg.obfuscate_thumbs is True
     assert cfg.legacy_upload is False
+
+
+def test_cli_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    """A port already bound makes serve exit 1 with a one-line error."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable, "-m", "emulator", "serve", "--port", str(port),
+                "--data", str(tmp_path / "d"), "--user", "a@example.com:secret-pw",
+            ],
+            capture_output=True,
+            timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert f"cannot serve on 127.0.0.1:{port}" in result.stderr.decode()
+    assert result.stdout == b""
