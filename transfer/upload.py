@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import stat
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -168,8 +170,15 @@ class Uploader:
             UploadFailed: a chunk failed; its flags copy the cause's (the session stays journaled
                 when the failure is retryable, so a later call resumes it).
             IntegrityError: the server's file does not show the full size afterwards.
+            UnsupportedFeature: ``local`` is a socket, device or folder (a pipe is spooled to a
+                temporary file first).
         """
-        size, mtime_ms = await _stat(local)
+        st = await anyio.Path(local).stat()
+        if stat.S_ISFIFO(st.st_mode):
+            return await self._upload_spooled(local, remote_path, overwrite, journal, key, progress)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsupportedFeature(f"{local} is neither a regular file nor a pipe")
+        size, mtime_ms = st.st_size, st.st_mtime_ns // 1_000_000
         path = join_remote(nfc(remote_path) if self.config.upload_nfc else remote_path)
         target = _Target(local, path, to_uri(path), size, mtime_ms, overwrite, journal, key)
         saved, concurrency = await self._session_for(target)
@@ -179,6 +188,32 @@ class Uploader:
         log.info("upload_completed", path=path, size_bytes=size)
 
         return entry
+
+    async def _upload_spooled(
+        self,
+        pipe: Path,
+        remote_path: str,
+        overwrite: bool,
+        journal: UploadJournal,
+        key: str,
+        progress: Callable[[int], None] | None,
+    ) -> RemoteEntry:
+        """Upload a pipe: spool it to a temporary file first, so the size is known (BR-20).
+
+        A spooled source cannot be re-read, so a session journaled under ``key`` is never
+        resumed for it.
+        """
+        saved = await journal.load(key)
+        if saved is not None:
+            await self._cancel(saved, journal, key)
+        spool = await anyio.to_thread.run_sync(_spool, pipe)
+        try:
+            return await self.upload(
+                spool, remote_path, overwrite=overwrite, journal=journal, key=key, progress=progress
+            )
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.Path(spool).unlink(missing_ok=True)
 
     async def _session_for(self, target: _Target) -> tuple[SavedUpload, int]:
         """Resume the journaled session when it is still good, else open a new one."""
@@ -459,12 +494,12 @@ def _is_upload_lock(item: dict[str, object]) -> bool:
     return isinstance(application, dict) and application.get("type") == "upload"
 
 
-async def _stat(local: Path) -> tuple[int, int]:
-    """Return size and mtime (unix ms) of a regular file."""
-    st = await anyio.Path(local).stat()
-    if not stat.S_ISREG(st.st_mode):
-        raise UnsupportedFeature(f"{local} is not a regular file; spool it to a file first")
-    return st.st_size, st.st_mtime_ns // 1_000_000
+def _spool(pipe: Path) -> Path:
+    """Copy a pipe into a private temporary file and return its path."""
+    fd, name = tempfile.mkstemp(prefix="ferry-spool-")
+    with os.fdopen(fd, "wb") as out, pipe.open("rb") as src:
+        shutil.copyfileobj(src, out, 1 << 20)
+    return Path(name)
 
 
 def _read_at(path: Path, offset: int, length: int) -> bytes:

@@ -328,3 +328,31 @@ async def test_br32_interrupted_overwrite_keeps_v1_until_v2_commits(
         await drive.download(done, tmp_path / "after.pdf")
     assert (tmp_path / "after.pdf").read_bytes() == v2
     assert done.id == current.id
+
+
+@pytest.mark.anyio
+async def test_br20_pipe_source_is_spooled_with_exact_lengths(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """A 3-chunk-ish stream from a FIFO is measured first: exact size, every chunk full length."""
+    import threading
+
+    data = os.urandom(3 * CHUNK - 100)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with fifo.open("wb") as fh:
+            fh.write(data)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    async with connected(emu, tmp_path) as drive:
+        entry = await drive.upload(
+            fifo, "/p/piped.bin", overwrite=False, journal=MemoryJournal(), key="k"
+        )
+        await drive.download(entry, tmp_path / "back.bin")
+    writer.join()
+    assert entry.size == len(data)
+    assert (tmp_path / "back.bin").read_bytes() == data
+    assert _indices(emu) == [0, 1, 2]
