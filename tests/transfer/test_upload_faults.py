@@ -356,3 +356,18 @@ async def test_br20_pipe_source_is_spooled_with_exact_lengths(
     assert entry.size == len(data)
     assert (tmp_path / "back.bin").read_bytes() == data
     assert _indices(emu) == [0, 1, 2]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("size", "expected"), [(0, [0]), (CHUNK, [0]), (2 * CHUNK, [0, 1])])
+async def test_br06_br07_chunk_requests_for_empty_and_exact_multiple_sizes(
+    emu: EmulatorHandle, tmp_path: Path, size: int, expected: list[int]
+) -> None:
+    """0 bytes is one empty chunk; exact multiples send no extra empty chunk."""
+    src = _file(tmp_path, "e.bin", size)
+    async with connected(emu, tmp_path) as drive:
+        entry = await drive.upload(
+            src, "/z/e.bin", overwrite=False, journal=MemoryJournal(), key="k"
+        )
+    assert entry.size == size
+    assert _indices(emu) == expected
