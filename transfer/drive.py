@@ -90,7 +90,8 @@ class Drive:
             up_limit: shared upload bandwidth limiter.
             down_limit: shared download bandwidth limiter.
             on_retry: called for every scheduled request retry (e.g. ``stats.record_retry``);
-                a ``retry_scheduled`` warning is logged either way.
+                a ``retry_scheduled`` warning is logged either way. A ready :class:`Pacer`
+                keeps its own hook, and ``on_retry`` is not used with it.
 
         Raises:
             AuthError: sign-in failed.
