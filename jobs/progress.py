@@ -64,15 +64,21 @@ class LogReporter:
 
     def __init__(self) -> None:
         self._files = 0
+        self._planned_bytes = 0
 
     def start(self, job: str, files: int, total_bytes: int) -> None:
         """Log the planned totals."""
-        self._files = files
-        log.info("transfers_started", files=files, total_bytes=total_bytes)
+        self._files, self._planned_bytes = files, total_bytes
+        log.info("transfers_started", files=files, planned_bytes=total_bytes)
 
     def update(self, snap: StatsSnapshot) -> None:
-        """Log the counters now."""
-        log.info("stats_reported", files=self._files, **snapshot_fields(snap))
+        """Log the counters now, with the run's planned files and bytes."""
+        log.info(
+            "stats_reported",
+            files=self._files,
+            planned_bytes=self._planned_bytes,
+            **snapshot_fields(snap),
+        )
 
     def stop(self, snap: StatsSnapshot) -> None:
         """Log the final counters."""

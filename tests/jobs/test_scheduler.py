@@ -60,6 +60,10 @@ async def test_run_uploads_everything_then_nothing_and_records_runs(tmp_path: Pa
         first = await run(tmp_path, job(tmp_path), drive)
     assert (first.exit_code, first.snapshot.transfers) == (0, 5)
     assert {e["event"] for e in logs} >= {"job_started", "transfer_finished", "job_finished"}
+    stats = [e for e in logs if e["event"] == "stats_reported"]
+    assert stats[-1]["planned_bytes"] == 50
+    assert stats[-1]["bytes"] == 50
+    assert stats[-1]["files"] == 5
     second = await run(tmp_path, job(tmp_path), drive)
     assert (second.exit_code, second.snapshot.transfers, second.planned["skip"][0]) == (0, 0, 5)
     async with StateDB.open(tmp_path / "state.db") as db:
