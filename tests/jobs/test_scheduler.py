@@ -240,3 +240,21 @@ async def test_rename_policy_does_not_pile_up_copies_across_runs(
     assert second.planned["skip"] == (1, 10)
     assert [path for path, _ in drive.uploads] == ["/t/f000 (1).bin"]
     assert drive.files["/t/f000.bin"][0] == b"someone else's"
+
+
+async def test_br28_dangling_link_is_one_error_and_the_run_is_partial(tmp_path: Path) -> None:
+    """BR-28 following links: a.txt and good go up, dangling is the one error, exit 1."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"abc")
+    (src / "good").symlink_to("a.txt")
+    (src / "dangling").symlink_to("nowhere")
+    (src / "loop").symlink_to(".")
+    os.mkfifo(src / "pipe")
+    drive = FakeDrive()
+    outcome = await run(tmp_path, job(tmp_path, follow_symlinks=True), drive)
+    assert (outcome.exit_code, outcome.status) == (1, "partial")
+    assert sorted(path for path, _ in drive.uploads) == ["/t/a.txt", "/t/good"]
+    async with StateDB.open(tmp_path / "state.db") as db:
+        (record,) = await db.runs("j")
+    assert record.errors == 1
