@@ -69,10 +69,14 @@ _BATCH = 1000
 
 
 class RemoteLister(Protocol):
-    """What the planner needs from a drive: a recursive listing."""
+    """What the planner needs from a drive: a recursive listing and a lookup."""
 
     def walk(self, root: str) -> AsyncIterator[RemoteEntry]:
         """Yield every entry below ``root``, folders included; nothing when it is missing."""
+        ...
+
+    async def stat(self, path: str) -> RemoteEntry | None:
+        """Return the entry at ``path``, or None when it does not exist."""
         ...
 
 
@@ -468,6 +472,15 @@ async def plan_job(
             )
             await scan_remote(db, run_id, DST, drive, job.target.path, filt)
         else:
+            root = await drive.stat(job.source.path)
+            if root is None or not root.is_dir:
+                # A mistyped source must not look like an empty one, or a mirror would wipe
+                # the target.
+                detail = "does not exist" if root is None else "is not a folder"
+                summary.issues.append(WalkIssue(job.source.path, "missing_source", detail, True))
+                summary.listing_complete = False
+                log.error("item_skipped", path=job.source.path, reason="missing_source")
+                return summary
             await scan_remote(db, run_id, SRC, drive, job.source.path, filt)
             await scan_local(db, run_id, DST, Path(job.target.path), filt, False, summary)
     except (FerryError, OSError) as exc:

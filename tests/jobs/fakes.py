@@ -48,6 +48,13 @@ class FakeDrive:
             if path.startswith(prefix):
                 yield self._entry(path)
 
+    async def stat(self, path: str) -> RemoteEntry | None:
+        if path == "/":
+            return RemoteEntry("/", "", True, 0, datetime.fromtimestamp(0, UTC), "", "")
+        if path in self.folders or path in self.files:
+            return self._entry(path)
+        return None
+
     async def mkdir(self, path: str) -> RemoteEntry:
         self.put(path + "/.x", b"")
         del self.files[path + "/.x"]

@@ -258,3 +258,16 @@ async def test_br28_dangling_link_is_one_error_and_the_run_is_partial(tmp_path: 
     async with StateDB.open(tmp_path / "state.db") as db:
         (record,) = await db.runs("j")
     assert record.errors == 1
+
+
+async def test_missing_remote_source_is_an_error_not_an_empty_tree(tmp_path: Path) -> None:
+    """A download mirror from a mistyped remote folder exits 1 and deletes nothing locally."""
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / "precious.txt").write_bytes(b"keep me")
+    spec = JobSpec.model_validate(
+        {"name": "d", "kind": "sync", "mode": "mirror", "source": "r:/typo", "target": str(dst)}
+    )
+    outcome = await run(tmp_path, spec, FakeDrive())
+    assert outcome.exit_code == 1
+    assert (dst / "precious.txt").read_bytes() == b"keep me"
