@@ -271,3 +271,25 @@ async def test_missing_remote_source_is_an_error_not_an_empty_tree(tmp_path: Pat
     outcome = await run(tmp_path, spec, FakeDrive())
     assert outcome.exit_code == 1
     assert (dst / "precious.txt").read_bytes() == b"keep me"
+
+
+async def test_bwlimit_reaches_the_drive_as_a_limiter_for_the_job_direction(
+    tmp_path: Path,
+) -> None:
+    """An upload job's bwlimit becomes the drive's upload limiter; downloads stay unlimited."""
+    make_src(tmp_path / "src", 1)
+    seen: list[DriveOptions] = []
+
+    @asynccontextmanager
+    async def connect(_: JobSpec, options: DriveOptions) -> AsyncIterator[DriveLike]:
+        seen.append(options)
+        yield FakeDrive()
+
+    async with StateDB.open(tmp_path / "state.db") as db:
+        spec = job(tmp_path, bwlimit="64KiB")
+        await run_job(db, spec, connect, reporter=LogReporter(), interrupt=Interrupt())
+    (options,) = seen
+    assert options.up is not None
+    assert options.up.rate_bytes_per_s == 64 * 1024
+    assert options.down is None
+    assert options.on_retry is not None
