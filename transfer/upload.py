@@ -52,6 +52,8 @@ log = structlog.get_logger()
 
 _ORDERED_COMPLETION = (4, 18, 0)
 _MAX_RESTARTS = 2
+# A session this close to its expiry is not worth another chunk.
+_EXPIRY_MARGIN_S = 5.0
 
 _WriteFn = Callable[[int, int, bytes], Awaitable[PartResult]]
 
@@ -240,7 +242,24 @@ class Uploader:
             target.key,
             previous,
         )
+        self._warn_if_session_too_short(target, session)
         return session.saved, session.chunk_concurrency
+
+    def _warn_if_session_too_short(self, target: _Target, session: UploadSession) -> None:
+        """Warn when the chunks, at the pace seen so far, would outlive the session (BR-30)."""
+        saved = session.saved
+        plan = chunk_plan(saved.size, saved.chunk_size)
+        # expected_call_s holds twice the slowest chunk seen: halve it for an estimate.
+        per_chunk_s = self.client.expected_call_s / 2
+        estimate_s = plan.count * per_chunk_s / max(1, session.chunk_concurrency)
+        left_s = saved.expires - self.client.server_time()
+        if estimate_s > left_s:
+            log.warning(
+                "upload_session_too_short",
+                path=target.path,
+                estimate_s=round(estimate_s, 1),
+                session_left_s=round(left_s, 1),
+            )
 
     async def _send_until_done(
         self,
@@ -282,8 +301,7 @@ class Uploader:
         return not self._expired(saved)
 
     def _expired(self, saved: SavedUpload) -> bool:
-        margin = min(300.0, max(1.0, self.client.expected_call_s))
-        return self.client.server_time() >= saved.expires - margin
+        return self.client.server_time() >= saved.expires - _EXPIRY_MARGIN_S
 
     async def _policy_concurrency(self, path: str) -> int:
         """The policy's chunk concurrency for a resumed session (read from the parent listing)."""

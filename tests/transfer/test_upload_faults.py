@@ -371,3 +371,24 @@ async def test_br06_br07_chunk_requests_for_empty_and_exact_multiple_sizes(
         )
     assert entry.size == size
     assert _indices(emu) == expected
+
+
+@pytest.mark.anyio
+async def test_br30_warns_when_the_session_is_shorter_than_the_expected_upload(
+    tmp_path: Path,
+) -> None:
+    """With slow chunks seen before, a session that would expire first is warned about."""
+    from structlog.testing import capture_logs
+
+    async with running_emulator(tmp_path, chunk_size=CHUNK, session_ttl=30) as emu:
+        src = _file(tmp_path, "slow.bin", 4 * CHUNK)
+        async with connected(emu, tmp_path) as drive:
+            drive.client.expected_call_s = 40.0
+            with capture_logs() as events:
+                entry = await drive.upload(
+                    src, "/s/slow.bin", overwrite=False, journal=MemoryJournal(), key="k"
+                )
+    assert entry.size == 4 * CHUNK
+    warned = [e for e in events if e["event"] == "upload_session_too_short"]
+    assert warned
+    assert warned[0]["estimate_s"] == 80.0
