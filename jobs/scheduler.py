@@ -349,8 +349,23 @@ async def _execute(
     await run.flush()
     if run.stats.fatal or run.limit:
         await _mark_blocked(run, "fatal_error" if run.stats.fatal else run.limit)
-    elif run.job.mode == "mirror":
-        await _delete_phase(run, drive, summary)
+    else:
+        await _report_orphaned_sessions(run)
+        if run.job.mode == "mirror":
+            await _delete_phase(run, drive, summary)
+
+
+async def _report_orphaned_sessions(run: _Run) -> None:
+    """Warn about journaled upload sessions of files this run no longer plans to copy."""
+    prefix = f"{run.job.name}:"
+    keys = {key[len(prefix) :]: key for key in await run.db.journal_keys(prefix)}
+    planned = await run.db.planned_targets(run.run_id, keys)
+    for target, key in keys.items():
+        if target not in planned:
+            # TODO: sessions of files renamed or deleted after a crash are only reported; their
+            # placeholders stay on the drive until the session expires, because the transfer
+            # surface has no call to cancel a journaled session by key.
+            log.warning("upload_session_orphaned", key=key, path=target)
 
 
 async def _mark_blocked(run: _Run, reason: str) -> None:

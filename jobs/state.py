@@ -639,11 +639,27 @@ class StateDB:
             await self._conn.execute("DELETE FROM upload_chunks WHERE key = ?", (key,))
             await self._conn.execute("DELETE FROM upload_sessions WHERE key = ?", (key,))
 
-    async def journal_keys(self) -> list[str]:
-        """Return the keys of every open upload session."""
-        async with self._conn.execute("SELECT key FROM upload_sessions ORDER BY key") as cursor:
+    async def journal_keys(self, prefix: str = "") -> list[str]:
+        """Return the keys of the open upload sessions that start with ``prefix``."""
+        async with self._conn.execute(
+            "SELECT key FROM upload_sessions WHERE substr(key, 1, ?) = ? ORDER BY key",
+            (len(prefix), prefix),
+        ) as cursor:
             rows = await cursor.fetchall()
         return [str(r[0]) for r in rows]
+
+    async def planned_targets(self, run_id: int, targets: Iterable[str]) -> set[str]:
+        """Return which of ``targets`` the run's plan copies to."""
+        wanted = list(targets)
+        if not wanted:
+            return set()
+        marks = ",".join("?" * len(wanted))
+        async with self._conn.execute(
+            f"SELECT dst FROM plan WHERE run_id = ? AND action = 'copy' AND dst IN ({marks})",
+            (run_id, *wanted),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return {str(r[0]) for r in rows}
 
 
 class SqliteJournal:
