@@ -29,6 +29,8 @@ from xml.sax.saxutils import escape
 import anyio
 from aiohttp import web
 
+from emulator.policy import UploadHost
+
 Clock = Callable[[], float]
 """Unix seconds; the emulator's clock, so tests can move it past URL expiries."""
 
@@ -434,3 +436,38 @@ class BlobLinks:
             )
         except FileNotFoundError:
             return self._deny(404, "NotFound", "The item does not exist.")
+
+
+class DiskBlobs:
+    """Server-side blob access for a driver whose blobs live in a :class:`BlobDir`.
+
+    Subclasses set ``blobs`` in their constructor.
+    """
+
+    blobs: BlobDir
+
+    async def put_blob(self, storage_key: str, src: Path) -> None:
+        """Store a local file as ``storage_key``."""
+        await self.blobs.put(storage_key, src)
+
+    async def fetch_blob(self, storage_key: str, dst: Path) -> None:
+        """Copy ``storage_key`` to ``dst``; FileNotFoundError when missing."""
+        await self.blobs.fetch(storage_key, dst)
+
+    async def delete_blob(self, storage_key: str) -> None:
+        """Delete ``storage_key``; a missing blob is not an error."""
+        await self.blobs.delete(storage_key)
+
+
+class LinkedDiskBlobs(DiskBlobs):
+    """:class:`DiskBlobs` whose download URLs are signed :class:`BlobLinks` on the emulator.
+
+    Subclasses also set ``_links`` and ``_host`` (an object with a ``site_url``).
+    """
+
+    _links: BlobLinks
+    _host: UploadHost
+
+    async def download_url(self, storage_key: str, name: str, ttl_s: int, download: bool) -> str:
+        """Return a signed download link valid for ``ttl_s`` seconds of the emulator clock."""
+        return self._links.url(self._host.site_url, storage_key, name, ttl_s, download)

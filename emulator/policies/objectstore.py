@@ -38,6 +38,7 @@ from emulator.policies._common import (
     BlobDir,
     BodyIncomplete,
     Clock,
+    DiskBlobs,
     MultipartStore,
     MultipartUpload,
     PartOrderError,
@@ -145,7 +146,7 @@ class _SignedRequest:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class ObjectStoreDriver:
+class ObjectStoreDriver(DiskBlobs):
     """A :class:`~emulator.policy.PolicyDriver` for COS, OSS or OBS, served by the emulator."""
 
     DEFAULT_CHUNK: ClassVar[int] = 25 << 20
@@ -256,18 +257,6 @@ class ObjectStoreDriver:
         exp = int(self._clock()) + ttl_s
 
         return self._presign("GET", storage_key, params, {}, exp)
-
-    async def put_blob(self, storage_key: str, src: Path) -> None:
-        """Store a local file as ``storage_key``."""
-        await self.blobs.put(storage_key, src)
-
-    async def fetch_blob(self, storage_key: str, dst: Path) -> None:
-        """Copy ``storage_key`` to ``dst``; FileNotFoundError when missing."""
-        await self.blobs.fetch(storage_key, dst)
-
-    async def delete_blob(self, storage_key: str) -> None:
-        """Delete ``storage_key``; a missing blob is not an error."""
-        await self.blobs.delete(storage_key)
 
     def routes(self) -> Iterable[web.AbstractRouteDef]:
         """Serve the bucket under ``/storage/<type>/<bucket>/<key>``."""

@@ -40,6 +40,7 @@ from emulator.policies._common import (
     BlobLinks,
     BodyIncomplete,
     Clock,
+    LinkedDiskBlobs,
     scratch_dir,
     stream_body_to_file,
 )
@@ -85,7 +86,7 @@ class _UploadSession:
         return {"expirationDateTime": expiry, "nextExpectedRanges": [f"{self.next_expected}-"]}
 
 
-class OneDriveDriver:
+class OneDriveDriver(LinkedDiskBlobs):
     """A :class:`~emulator.policy.PolicyDriver` for ``onedrive``."""
 
     type = "onedrive"
@@ -140,22 +141,6 @@ class OneDriveDriver:
             raise CallbackFailed(-1, "failed to get uploaded file size: itemNotFound")
 
         return size
-
-    async def download_url(self, storage_key: str, name: str, ttl_s: int, download: bool) -> str:
-        """Return a pre-authenticated download link valid for ``ttl_s`` seconds."""
-        return self._links.url(self._host.site_url, storage_key, name, ttl_s, download)
-
-    async def put_blob(self, storage_key: str, src: Path) -> None:
-        """Store a local file as ``storage_key`` (Graph's simple upload; empty files included)."""
-        await self.blobs.put(storage_key, src)
-
-    async def fetch_blob(self, storage_key: str, dst: Path) -> None:
-        """Copy ``storage_key`` to ``dst``; FileNotFoundError when missing."""
-        await self.blobs.fetch(storage_key, dst)
-
-    async def delete_blob(self, storage_key: str) -> None:
-        """Delete ``storage_key``; a missing item is not an error."""
-        await self.blobs.delete(storage_key)
 
     def routes(self) -> Iterable[web.AbstractRouteDef]:
         """Serve upload sessions and download links under ``/storage/onedrive/``."""

@@ -36,6 +36,7 @@ from emulator.policies._common import (
     BlobLinks,
     BodyIncomplete,
     Clock,
+    LinkedDiskBlobs,
     MultipartStore,
     MultipartUpload,
     PartOrderError,
@@ -62,7 +63,7 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode()
 
 
-class QiniuDriver:
+class QiniuDriver(LinkedDiskBlobs):
     """A :class:`~emulator.policy.PolicyDriver` for ``qiniu``."""
 
     type = "qiniu"
@@ -127,22 +128,6 @@ class QiniuDriver:
             CallbackFailed: always (-1).
         """
         raise CallbackFailed(-1, "Failed to verify callback request.")
-
-    async def download_url(self, storage_key: str, name: str, ttl_s: int, download: bool) -> str:
-        """Return a private-bucket download link valid for ``ttl_s`` seconds."""
-        return self._links.url(self._host.site_url, storage_key, name, ttl_s, download)
-
-    async def put_blob(self, storage_key: str, src: Path) -> None:
-        """Store a local file as ``storage_key``."""
-        await self.blobs.put(storage_key, src)
-
-    async def fetch_blob(self, storage_key: str, dst: Path) -> None:
-        """Copy ``storage_key`` to ``dst``; FileNotFoundError when missing."""
-        await self.blobs.fetch(storage_key, dst)
-
-    async def delete_blob(self, storage_key: str) -> None:
-        """Delete ``storage_key``; a missing blob is not an error."""
-        await self.blobs.delete(storage_key)
 
     def routes(self) -> Iterable[web.AbstractRouteDef]:
         """Serve the upload API and download links under ``/storage/qiniu/``."""

@@ -34,6 +34,7 @@ from emulator.policies._common import (
     BlobDir,
     BlobLinks,
     Clock,
+    LinkedDiskBlobs,
     Signer,
     scratch_dir,
 )
@@ -60,7 +61,7 @@ class _FormRefused(Exception):
         self.response = response
 
 
-class UpyunDriver:
+class UpyunDriver(LinkedDiskBlobs):
     """A :class:`~emulator.policy.PolicyDriver` for ``upyun``."""
 
     type = "upyun"
@@ -129,22 +130,6 @@ class UpyunDriver:
             CallbackFailed: always (-1).
         """
         raise CallbackFailed(-1, "Failed to verify callback request.")
-
-    async def download_url(self, storage_key: str, name: str, ttl_s: int, download: bool) -> str:
-        """Return a token-protected download link valid for ``ttl_s`` seconds."""
-        return self._links.url(self._host.site_url, storage_key, name, ttl_s, download)
-
-    async def put_blob(self, storage_key: str, src: Path) -> None:
-        """Store a local file as ``storage_key``."""
-        await self.blobs.put(storage_key, src)
-
-    async def fetch_blob(self, storage_key: str, dst: Path) -> None:
-        """Copy ``storage_key`` to ``dst``; FileNotFoundError when missing."""
-        await self.blobs.fetch(storage_key, dst)
-
-    async def delete_blob(self, storage_key: str) -> None:
-        """Delete ``storage_key``; a missing blob is not an error."""
-        await self.blobs.delete(storage_key)
 
     def routes(self) -> Iterable[web.AbstractRouteDef]:
         """Serve the form API and download links under ``/storage/upyun/``."""
