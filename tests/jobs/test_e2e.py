@@ -236,7 +236,7 @@ async def test_second_concurrent_run_of_a_job_exits_4(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 async def test_signal_saves_state_exits_128_plus_signal_and_next_run_resumes(
-    tmp_path: Path, signum: int, code: int
+    tmp_path: Path, signum: signal.Signals, code: int
 ) -> None:
     """SIGTERM/SIGINT stop the run with exit 143/130, recorded; the next run completes it."""
     src = tmp_path / "src"
