@@ -65,7 +65,12 @@ class FakeS3:
         self.objects.pop(storage_key, None)
 
     def routes(self) -> Iterable[web.AbstractRouteDef]:
-        return []
+        return [web.put(f"/fake/{self.type}/{{key:.*}}/{{part}}", self._put_part)]
+
+    async def _put_part(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        self.objects[key] = self.objects.get(key, b"") + await request.read()
+        return web.Response(headers={"ETag": '"etag"'})
 
 
 @pytest.fixture
@@ -223,3 +228,22 @@ async def test_s6_9_remote_callback_needs_the_slave_signature(
     assert (status, body["code"]) == (200, 0)
     info = await api.ok("GET", "/file/info", params={"uri": "cloudreve://my/rm/a"})
     assert info["metadata"] is None
+
+
+async def test_faults_apply_to_driver_storage_routes(
+    capi: Api, fake: tuple[EmulatorHandle, dict[str, FakeS3]]
+) -> None:
+    """A fault rule on a driver's storage route fires like on any API route."""
+    emu, drivers = fake
+    sess = await capi.ok("PUT", "/file/upload", json={"uri": "cloudreve://my/a.bin", "size": 4})
+    [url] = sess["upload_urls"]
+    emu.faults.fail("PUT", "/fake/s3/*", status=503)
+    async with capi.session.put(url, data=b"1234") as resp:
+        assert resp.status == 503
+    async with capi.session.put(url, data=b"1234") as resp:
+        assert resp.status == 200
+    assert emu.requests.statuses("PUT", "/fake/s3/*") == [503, 200]
+    status, body = await capi.call(
+        "GET", f"/callback/s3/{sess['session_id']}/{sess['callback_secret']}"
+    )
+    assert (status, body["code"]) == (200, 0)
