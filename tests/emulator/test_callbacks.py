@@ -234,7 +234,7 @@ async def test_faults_apply_to_driver_storage_routes(
     capi: Api, fake: tuple[EmulatorHandle, dict[str, FakeS3]]
 ) -> None:
     """A fault rule on a driver's storage route fires like on any API route."""
-    emu, drivers = fake
+    emu, _ = fake
     sess = await capi.ok("PUT", "/file/upload", json={"uri": "cloudreve://my/a.bin", "size": 4})
     [url] = sess["upload_urls"]
     emu.faults.fail("PUT", "/fake/s3/*", status=503)
