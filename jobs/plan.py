@@ -195,12 +195,11 @@ async def scan_local(
     follow_symlinks: bool,
     summary: PlanSummary,
 ) -> None:
-    """Walk ``root`` in a worker thread and store its entries as ``side``; a missing root is
-    empty when it is the target and an error when it is the source."""
+    """Walk ``root`` in a worker thread and store its entries as ``side``.
+
+    The caller has checked the root with :func:`_root_usable`; a missing target is empty.
+    """
     if not await anyio.Path(root).is_dir():
-        if side == SRC:
-            summary.issues.append(WalkIssue(str(root), "missing_source", "not a folder", True))
-            summary.listing_complete = False
         return
     walker = walk_local(root, filt, follow_symlinks=follow_symlinks)
     while True:
@@ -449,6 +448,21 @@ class _Planner:
         await self.add("delete", dst, dst.path, "not_in_source")
 
 
+def _root_usable(summary: PlanSummary, side: int, path: str, exists: bool, is_dir: bool) -> bool:
+    """Check one side's root: a source must be a folder; a target a folder or missing.
+
+    A mistyped source must never look like an empty one, or a mirror would empty the target.
+    """
+    if is_dir or (side == DST and not exists):
+        return True
+    kind = "missing_source" if side == SRC else "target_not_a_folder"
+    detail = "is not a folder" if exists else "does not exist"
+    summary.issues.append(WalkIssue(path, kind, detail, True))
+    summary.listing_complete = False
+    log.error("item_skipped", path=path, reason=kind, detail=detail)
+    return False
+
+
 async def plan_job(
     db: StateDB,
     run_id: int,
@@ -465,24 +479,28 @@ async def plan_job(
     summary = PlanSummary()
     filt = _job_filter(job, now())
     upload = job.target.is_remote
+    local = Path(job.source.path if upload else job.target.path)
+    remote = job.target.path if upload else job.source.path
     try:
+        entry = await drive.stat(remote)
+        local_ok = _root_usable(
+            summary,
+            SRC if upload else DST,
+            str(local),
+            await anyio.Path(local).exists(),
+            await anyio.Path(local).is_dir(),
+        )
+        remote_ok = _root_usable(
+            summary, DST if upload else SRC, remote, entry is not None, bool(entry and entry.is_dir)
+        )
+        if not (local_ok and remote_ok):
+            return summary
         if upload:
-            await scan_local(
-                db, run_id, SRC, Path(job.source.path), filt, job.follow_symlinks, summary
-            )
-            await scan_remote(db, run_id, DST, drive, job.target.path, filt)
+            await scan_local(db, run_id, SRC, local, filt, job.follow_symlinks, summary)
+            await scan_remote(db, run_id, DST, drive, remote, filt)
         else:
-            root = await drive.stat(job.source.path)
-            if root is None or not root.is_dir:
-                # A mistyped source must not look like an empty one, or a mirror would wipe
-                # the target.
-                detail = "does not exist" if root is None else "is not a folder"
-                summary.issues.append(WalkIssue(job.source.path, "missing_source", detail, True))
-                summary.listing_complete = False
-                log.error("item_skipped", path=job.source.path, reason="missing_source")
-                return summary
-            await scan_remote(db, run_id, SRC, drive, job.source.path, filt)
-            await scan_local(db, run_id, DST, Path(job.target.path), filt, False, summary)
+            await scan_remote(db, run_id, SRC, drive, remote, filt)
+            await scan_local(db, run_id, DST, local, filt, False, summary)
     except (FerryError, OSError) as exc:
         if isinstance(exc, FerryError) and exc.fatal and not isinstance(exc, ListingInconsistent):
             raise

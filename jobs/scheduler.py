@@ -443,7 +443,6 @@ async def _worker(
 async def _transfer_one(run: _Run, drive: DriveLike, row: PlanRow) -> None:
     """Move one file; record and log the outcome; raise only cancellation."""
     handle = run.stats.start_transfer(row.key, row.size)
-    error: BaseException | None = None
     try:
         if run.job.target.is_remote:
             local = Path(run.job.source.path, row.src)
@@ -462,19 +461,17 @@ async def _transfer_one(run: _Run, drive: DriveLike, row: PlanRow) -> None:
             await drive.download(remote, local, progress=handle.add_bytes)
         fingerprint = await _fingerprint(run, local, remote)
     except (FerryError, OSError) as exc:
-        error = exc
+        handle.done(exc)
         if isinstance(exc, FerryError) and exc.fatal and run.fatal_error is None:
             run.fatal_error = exc
         log.error("transfer_failed", path=row.key, error=str(exc), error_type=type(exc).__name__)
         await run.record(row, "failed", f"{type(exc).__name__}: {exc}")
-    except BaseException as exc:
-        error = exc
-        raise
-    else:
-        log.info("transfer_finished", path=row.key, size_bytes=row.size, target=row.dst)
-        await run.record(row, "done", fingerprint=fingerprint)
-    finally:
-        handle.done(error)
+        return
+    # A cancellation (signal, max_duration) propagates above without done(): the transfer stays
+    # in flight in the stats, resumable, and is not counted as a failure.
+    handle.done(None)
+    log.info("transfer_finished", path=row.key, size_bytes=row.size, target=row.dst)
+    await run.record(row, "done", fingerprint=fingerprint)
 
 
 async def _fingerprint(run: _Run, local: Path, remote: RemoteEntry) -> tuple[str, str, int]:

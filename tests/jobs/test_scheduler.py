@@ -122,6 +122,9 @@ async def test_max_duration_cancels_in_flight_transfers_with_exit_5(tmp_path: Pa
 
     outcome = await run(tmp_path, job(tmp_path, max_duration="200ms"), SlowDrive())
     assert (outcome.exit_code, outcome.status) == (5, "limit_reached")
+    assert outcome.snapshot.errors == 0
+    async with StateDB.open(tmp_path / "state.db") as db:
+        assert await db.item_counts("j") == {"blocked": 2}
 
 
 async def test_fatal_error_stops_the_run_with_exit_6(tmp_path: Path) -> None:
@@ -309,3 +312,22 @@ async def test_journaled_session_of_a_file_no_longer_planned_is_reported(tmp_pat
     assert outcome.exit_code == 0
     orphans = [e for e in logs if e["event"] == "upload_session_orphaned"]
     assert [e["key"] for e in orphans] == ["j:/t/gone.bin"]
+
+
+@pytest.mark.parametrize("upload", [True, False])
+async def test_target_that_is_a_file_stops_the_plan(tmp_path: Path, upload: bool) -> None:
+    """A target path holding a file is one clear error (exit 1), not a failure per item."""
+    make_src(tmp_path / "src", 2)
+    drive = FakeDrive()
+    drive.put("/r/file", b"x")
+    if upload:
+        spec = job(tmp_path, target="r:/r/file")
+    else:
+        (tmp_path / "afile").write_bytes(b"x")
+        spec = JobSpec.model_validate(
+            {"name": "d", "kind": "download", "source": "r:/r", "target": str(tmp_path / "afile")}
+        )
+    outcome = await run(tmp_path, spec, drive)
+    assert outcome.exit_code == 1
+    assert outcome.planned == {}
+    assert drive.uploads == drive.downloads == []
