@@ -704,12 +704,18 @@ async def put_content(request: web.Request) -> web.Response:
             raise ApiError(errors.PARAM_ERR, "Failed to parse object ID") from exc
         if prev_id != item.primary_entity:
             raise ApiError(errors.STALE_VERSION, "File version changed")
+    created = item is None
     if item is None:
         item = st.store.create(user.id, uri.path, FILE)
     parent = st.store.file(item.parent_id) if item.parent_id is not None else item
     policy = st.store.policy_for(parent)
-    st.store.check_quota(user.id, length)
-    entity = await store_upload_body(request, item, policy, length)
+    try:
+        st.store.check_quota(user.id, length)
+        entity = await store_upload_body(request, item, policy, length)
+    except ApiError:
+        if created:
+            st.store.hard_delete(item)
+        raise
     await st.store.delete_blobs(commit_version(st.store, item, entity, st.clock.now()))
     return ok(file_json(st, st.store.file(item.id), user))
 

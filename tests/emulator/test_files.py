@@ -414,3 +414,13 @@ async def test_s5_9_put_content_on_uploading_file_is_40073(api: Api) -> None:
         "PUT", "/file/content", params={"uri": "cloudreve://my/u.txt"}, data=b"x"
     )
     assert body["code"] == 40073
+
+
+async def test_s5_9_put_content_over_quota_leaves_no_file(api: Api, emu: EmulatorHandle) -> None:
+    """A new file refused for quota (40051) is not left behind empty."""
+    emu.faults.set_quota(USER, 3)
+    _, body = await api.call(
+        "PUT", "/file/content", params={"uri": "cloudreve://my/q.txt"}, data=b"four"
+    )
+    assert body["code"] == 40051
+    assert emu.file(USER, "/q.txt") is None
