@@ -2,9 +2,23 @@
 
 The handle gives the base ``url``, the ``users`` (email -> password, the first one is the admin
 unless ``admins`` says otherwise), the fault API (``faults``), the ``store`` for assertions, the
-``requests`` log (``emu.requests.param_values("POST", "/api/v4/file/upload/{id}/{index}",
-"index")``) and the ``clock`` (``emu.clock.advance(3600)`` expires tokens, sessions and URLs
-without waiting).
+``requests`` log and the ``clock`` (``emu.clock.advance(3600)`` expires tokens, sessions, locks
+and URLs without waiting).
+
+Faults (see ``emulator.faults``)::
+
+    emu.faults.fail("POST", "/api/v4/file/upload/{id}/{index}", nth=2, status=502)
+    emu.faults.fail("GET", "/api/v4/file", retry_after=7)           # 429 + Retry-After
+    emu.faults.fail("PUT", "/api/v4/file/upload", code=40051)       # HTTP 200 + code
+    emu.faults.fail("GET", "/api/v4/file/content/*", cut_response_after=1000)
+    emu.faults.expire_tokens(); emu.faults.expire_session(session_id)
+    emu.faults.set_quota(email, 10); emu.faults.cap_bandwidth(1 << 20)
+    emu.faults.fail_completions(1)
+
+Request log::
+
+    emu.requests.param_values("POST", "/api/v4/file/upload/{id}/{index}", "index")  # ["0", "1"]
+    emu.requests.statuses("POST", "/api/v4/file/upload/{id}/{index}")             # [200, 502]
 """
 
 from __future__ import annotations
