@@ -404,3 +404,17 @@ async def test_s6_7_cancelling_a_version_keeps_the_file(api: Api, emu: EmulatorH
     assert len(info["extended_info"]["entities"]) == 1
     assert await api.download("cloudreve://my/a") == b"keep"
     assert (await api.ok("GET", "/user/capacity"))["used"] == 4
+
+
+async def test_s6_4_remote_completion_failure_is_50007(
+    api: Api, emu: EmulatorHandle, http: aiohttp.ClientSession
+) -> None:
+    """When the slave cannot finish through the master, the chunk answers 50007."""
+    emu.use_policy(USER, "/remote", "remote")
+    sess = await _session(api, "cloudreve://my/remote/f.bin", 4)
+    emu.faults.fail_completions(1)
+    auth = {"Authorization": sess["credential"]}
+    async with http.post(sess["upload_urls"][0], data=b"0123", headers=auth) as r:
+        assert (await r.json())["code"] == 50007
+    async with http.post(sess["upload_urls"][0], data=b"0123", headers=auth) as r:
+        assert (await r.json())["code"] == 0
