@@ -20,6 +20,7 @@ import argparse
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -125,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except SecretError as exc:
         print(f"ferry: secret error: {exc.issue}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, sqlite3.Error) as exc:
+        # The state folder or database is unusable (permissions, a file in the way, disk full).
+        print(f"ferry: state error in {args.config}: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
 

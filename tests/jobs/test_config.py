@@ -187,3 +187,13 @@ def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["frobnicate"])
     assert info.value.code == 2
+
+
+def test_unusable_state_folder_exits_2_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A [state] path that is a file is reported as a state error, exit 2."""
+    (tmp_path / "state").write_text("not a folder")
+    code = main(["status", str(write(tmp_path, GOOD))])
+    assert code == 2
+    assert "state error" in capsys.readouterr().err
