@@ -205,8 +205,15 @@ def chunk_target(st: State, info: UploadSessionInfo) -> Path:
 
 
 def sign_path(secret: str, path: str, headers: dict[str, str], expires: int) -> str:
-    """Return ``<b64url(hmac)>:<expires>`` over a path and its ``X-Cr-*`` headers."""
-    cr = sorted(f"{k.lower()}={v}" for k, v in headers.items() if k.lower().startswith("x-cr-"))
+    """Return ``<b64url(hmac)>:<expires>`` over a path and its ``X-Cr-*`` headers.
+
+    ``X-Cr-Filename`` is left out of the signature, as the real server does.
+    """
+    cr = sorted(
+        f"{k.lower()}={v}"
+        for k, v in headers.items()
+        if k.lower().startswith("x-cr-") and k.lower() != "x-cr-filename"
+    )
     content = "\n".join([path, *cr])
     mac = hmac.new(secret.encode(), f"{content}:{expires}".encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac).decode() + f":{expires}"

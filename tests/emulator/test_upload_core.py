@@ -336,7 +336,8 @@ async def test_s6_4_remote_policy_uploads_through_slave_route(
     bad = {**auth, "X-Cr-Correlation-Id": "8d0b1e0c-0000-4000-8000-000000000000"}
     async with http.post(url, params={"chunk": "1"}, data=b"45", headers=bad) as r:
         assert (await r.json())["code"] == 40071
-    async with http.post(url, params={"chunk": "1"}, data=b"45", headers=auth) as r:
+    named = {**auth, "X-Cr-Filename": "f.bin"}
+    async with http.post(url, params={"chunk": "1"}, data=b"45", headers=named) as r:
         assert (await r.json())["code"] == 0
     assert await api.download("cloudreve://my/remote/f.bin") == b"012345"
     async with http.post(url, params={"chunk": "1"}, data=b"45", headers=auth) as r:
