@@ -92,6 +92,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--job", action="append", default=[], help="run only this job (repeatable)")
     p.add_argument("--stats-interval", type=float, default=10.0, metavar="SECONDS")
     p.add_argument("--no-progress", action="store_true", help="log stats lines, draw no bars")
+    p.add_argument(
+        "--due",
+        action="store_true",
+        help="skip jobs whose schedule has not come round since their last run",
+    )
     p = sub.add_parser("status", help="last run of each job, failed items, next schedule")
     p.add_argument("config", type=Path)
     p = sub.add_parser("history", help="past runs, newest first")
@@ -369,11 +374,27 @@ async def _run(
     async with StateDB.open(_state_path(config)) as db, anyio.create_task_group() as tg:
         tg.start_soon(_watch_signals, tg.cancel_scope, interrupt)
         for job in jobs:
+            if args.due and not await _is_due(db, job, datetime.now()):
+                continue
             codes.append(await _run_locked(config, db, job, connect, use_bars, interrupt, args))
         tg.cancel_scope.cancel()
     if interrupt.signum is not None:
         return 128 + interrupt.signum
     return worst_exit(codes)
+
+
+async def _is_due(db: StateDB, job: JobSpec, now: datetime) -> bool:
+    """True when ``job`` has no schedule, never ran, or its next slot after the last run passed."""
+    if job.schedule is None:
+        return True
+    runs = [r for r in await db.runs(job.name, limit=20) if r.status != "dry_run"]
+    if not runs:
+        return True
+    due = croniter(job.schedule, datetime.fromtimestamp(runs[0].started_at)).get_next(datetime)
+    if due > now:
+        structlog.get_logger().info("job_not_due", job_id=job.name, next_due=due.isoformat())
+        return False
+    return True
 
 
 async def _run_locked(

@@ -197,3 +197,30 @@ def test_unusable_state_folder_exits_2_without_a_traceback(
     code = main(["status", str(write(tmp_path, GOOD))])
     assert code == 2
     assert "state error" in capsys.readouterr().err
+
+
+@pytest.mark.anyio
+async def test_due_runs_a_scheduled_job_once_per_slot(tmp_path: Path) -> None:
+    """--due: a job that never ran is due; right after a run it is not; a day later it is."""
+    import sqlite3
+    import time
+    from datetime import datetime
+
+    from jobs.cli import _is_due
+    from jobs.state import StateDB
+
+    config = load_config(write(tmp_path, GOOD), tmp_path)
+    scheduled, unscheduled = config.jobs
+    async with StateDB.open(tmp_path / "s.db") as db:
+        assert await _is_due(db, scheduled, datetime.now())
+        run = await db.start_run(await db.job_id(scheduled.name))
+        await db.finish_run(run, status="done", exit_code=0, counts={})
+        await db.start_run(await db.job_id(unscheduled.name))
+        assert not await _is_due(db, scheduled, datetime.now())
+        assert await _is_due(db, unscheduled, datetime.now())
+    conn = sqlite3.connect(tmp_path / "s.db")
+    with conn:
+        conn.execute("UPDATE runs SET started_at = ? WHERE id = ?", (time.time() - 2 * 86400, run))
+    conn.close()
+    async with StateDB.open(tmp_path / "s.db") as db:
+        assert await _is_due(db, scheduled, datetime.now())
