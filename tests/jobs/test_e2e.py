@@ -183,7 +183,7 @@ async def test_mirror_deletes_only_what_the_source_lacks_within_max_delete(tmp_p
 
 
 @pytest.mark.parametrize("in_flight", [1, 3])
-async def test_sigkill_mid_upload_resumes_resending_at_most_chunks_in_flight(
+async def test_s6_6_sigkill_mid_upload_resumes_resending_at_most_chunks_in_flight(
     tmp_path: Path, in_flight: int
 ) -> None:
     """After kill -9 mid-upload the next run resumes; only chunks in flight are sent twice."""

@@ -151,7 +151,7 @@ async def test_br05_case_only_clash_never_replaces_the_other_spelling(
         ("rename", ("copy", "/t/report (2).pdf", False)),
     ],
 )
-async def test_br32_conflict_policies(
+async def test_br32_s6_8_conflict_policies(
     tmp_path: Path, policy: str, expected: tuple[str, str, bool]
 ) -> None:
     """BR-32: an existing different target is failed, skipped, versioned or renamed."""
