@@ -1,4 +1,6 @@
-"""Runs one job: lock, plan, transfer in parallel, mirror deletes, and record the outcome.
+"""Runs one job: plan, transfer in parallel, mirror deletes, and record the outcome.
+
+:func:`job_lock` is the per-job lock file the caller holds around :func:`run_job`.
 
 The scheduler owns the run's :class:`transfer.Stats` and its stats timer, binds ``job_id`` and
 ``run_id`` into structlog's context, and turns what happened into an exit code:
