@@ -7,9 +7,6 @@ clock. Blobs of non-local policies get their driver's ``download_url``.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import mimetypes
 import os
 import shutil
@@ -29,6 +26,8 @@ from emulator.core import (
     field_bool,
     field_str,
     field_str_list,
+    hmac_check,
+    hmac_sign,
     ok,
     read_json,
     state,
@@ -48,9 +47,8 @@ ARCHIVE_TTL = 600
 
 
 def sign_url_path(secret: str, path: str, expires: int) -> str:
-    """Return ``base64url(HMAC-SHA256(secret, "<path>:<expires>")):<expires>`` (padding kept)."""
-    mac = hmac.new(secret.encode(), f"{path}:{expires}".encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(mac).decode() + f":{expires}"
+    """Return the ``sign`` value of a content URL: an HMAC over the URL path only."""
+    return hmac_sign(secret, path, expires)
 
 
 def content_url(st: State, entity: Entity, name: str, *, download: bool, ttl_s: int) -> str:
@@ -190,19 +188,7 @@ async def _build_zip(st: State, file_ids: list[int], work: Path) -> Path:
 
 
 def _check_sign(st: State, request: web.Request) -> None:
-    sign = request.query.get("sign", "")
-    if not sign:
-        raise ApiError(errors.NO_PERMISSION, "Missing sign")
-    _, _, exp_raw = sign.rpartition(":")
-    try:
-        expires = int(exp_raw)
-    except ValueError as exc:
-        raise ApiError(errors.INVALID_SIGN, "Invalid sign") from exc
-    expected = sign_url_path(st.store.secret, request.path, expires)
-    if not hmac.compare_digest(expected, sign):
-        raise ApiError(errors.INVALID_SIGN, "Invalid sign")
-    if expires and expires < st.clock.now():
-        raise ApiError(errors.SIGN_EXPIRED, "Sign expired")
+    hmac_check(st.store.secret, request.path, request.query.get("sign", ""), st.clock.now())
 
 
 def _ranges(header: str, size: int) -> list[tuple[int, int]] | None:

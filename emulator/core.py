@@ -7,6 +7,9 @@ core (workflow tasks, thumbnails) use the same key, plus :func:`ok`, :func:`read
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -163,6 +166,32 @@ def query_int(request: web.Request, key: str, default: int = 0) -> int:
         return int(raw)
     except ValueError as exc:
         raise errors.param_error() from exc
+
+
+def hmac_sign(secret: str, body: str, expires: int) -> str:
+    """Return ``base64url(HMAC-SHA256(secret, "<body>:<expires>")):<expires>`` (padding kept)."""
+    mac = hmac.new(secret.encode(), f"{body}:{expires}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).decode() + f":{expires}"
+
+
+def hmac_check(secret: str, body: str, sign: str, now: float) -> None:
+    """Check a :func:`hmac_sign` value the way the real server does: expiry before signature.
+
+    Raises:
+        ApiError: 403 without an expiry part, 40005 once expired (``0`` never expires), 40071
+            for a malformed or wrong signature.
+    """
+    exp_raw = sign.split(":")[-1]
+    if exp_raw == "":
+        raise ApiError(errors.NO_PERMISSION, "expire timestamp is missing")
+    try:
+        expires = int(exp_raw)
+    except ValueError as exc:
+        raise ApiError(errors.INVALID_SIGN, "sign expired") from exc
+    if expires and expires < now:
+        raise ApiError(errors.SIGN_EXPIRED, "signature expired")
+    if not hmac.compare_digest(hmac_sign(secret, body, expires), sign):
+        raise ApiError(errors.INVALID_SIGN, "invalid sign")
 
 
 def timestamp(ts: float) -> str:

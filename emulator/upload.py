@@ -11,9 +11,6 @@ set of received indexes complete finishes the file; older versions finish on the
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import mimetypes
 import secrets
 import uuid
@@ -29,6 +26,8 @@ from emulator.core import (
     State,
     field_int,
     field_str,
+    hmac_check,
+    hmac_sign,
     ok,
     read_json,
     state,
@@ -204,33 +203,25 @@ def chunk_target(st: State, info: UploadSessionInfo) -> Path:
     return relay_path(st, info.session_id)
 
 
-def sign_path(secret: str, path: str, headers: dict[str, str], expires: int) -> str:
-    """Return ``<b64url(hmac)>:<expires>`` over a path and its ``X-Cr-*`` headers.
-
-    ``X-Cr-Filename`` is left out of the signature, as the real server does.
-    """
+def _sign_content(path: str, headers: dict[str, str]) -> str:
+    # X-Cr-Filename is left out of the signature, as the real server does.
     cr = sorted(
         f"{k.lower()}={v}"
         for k, v in headers.items()
         if k.lower().startswith("x-cr-") and k.lower() != "x-cr-filename"
     )
-    content = "\n".join([path, *cr])
-    mac = hmac.new(secret.encode(), f"{content}:{expires}".encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(mac).decode() + f":{expires}"
+    return "\n".join([path, *cr])
+
+
+def sign_path(secret: str, path: str, headers: dict[str, str], expires: int) -> str:
+    """Return ``<b64url(hmac)>:<expires>`` over a path and its ``X-Cr-*`` headers."""
+    return hmac_sign(secret, _sign_content(path, headers), expires)
 
 
 def check_signature(st: State, request: web.Request, sign: str) -> None:
-    """Verify a ``sign_path`` signature of a request (40071 bad, 40005 expired)."""
-    _, _, exp_raw = sign.rpartition(":")
-    try:
-        expires = int(exp_raw)
-    except ValueError as exc:
-        raise ApiError(errors.INVALID_SIGN, "Invalid sign") from exc
-    headers = dict(request.headers.items())
-    if not hmac.compare_digest(sign_path(st.store.secret, request.path, headers, expires), sign):
-        raise ApiError(errors.INVALID_SIGN, "Invalid sign")
-    if expires and expires < st.clock.now():
-        raise ApiError(errors.SIGN_EXPIRED, "Sign expired")
+    """Verify a ``sign_path`` signature of a request (403, 40005 or 40071, see hmac_check)."""
+    content = _sign_content(request.path, dict(request.headers.items()))
+    hmac_check(st.store.secret, content, sign, st.clock.now())
 
 
 # ---- create session ----

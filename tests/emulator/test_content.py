@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -82,15 +82,21 @@ async def test_s5_8_signature_expiry_follows_emulator_clock(
 ) -> None:
     """After the URL TTL the endpoint answers HTTP 200 JSON 40005; a tampered sign is 40071."""
     url = await _url(stored)
+    forged = url.replace("/0/f.txt", "/0/g.txt")
+    async with http.get(forged) as resp:
+        assert (await resp.json())["code"] == 40071
+    no_expiry = url.split("sign=")[0] + "sign=abc"
+    async with http.get(no_expiry) as resp:
+        assert (await resp.json())["code"] == 40071
     emu.clock.advance(3601)
     async with http.get(url) as resp:
         assert resp.status == 200
         assert (await resp.json())["code"] == 40005
-    sign = parse_qs(urlsplit(url).query)["sign"][0]
-    forged = url.replace("/0/f.txt", "/0/g.txt")
+    # Expiry is checked before the signature, as the real server does.
     async with http.get(forged) as resp:
-        assert (await resp.json())["code"] == 40071
-    assert sign.endswith(str(int(sign.rpartition(":")[2])))
+        assert (await resp.json())["code"] == 40005
+    async with http.get(url.split("?")[0] + "?sign=abc%3A") as resp:
+        assert (await resp.json())["code"] == 403
 
 
 async def test_s5_8_folder_skip_error_and_redirect(stored: Api, emu: EmulatorHandle) -> None:
