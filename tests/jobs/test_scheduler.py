@@ -330,4 +330,5 @@ async def test_target_that_is_a_file_stops_the_plan(tmp_path: Path, upload: bool
     outcome = await run(tmp_path, spec, drive)
     assert outcome.exit_code == 1
     assert outcome.planned == {}
-    assert drive.uploads == drive.downloads == []
+    assert drive.uploads == []
+    assert drive.downloads == []
