@@ -66,6 +66,12 @@ class SavedUpload:
     mime_type: str = ""
     upload_policy: str = ""
     acked: Mapping[int, str] = field(default_factory=dict)
+    source: str = ""
+    """Fingerprint of the local content the session was opened for (size and mtime in ns).
+
+    A resume whose source no longer matches cancels the session and starts over: chunks
+    acknowledged for other content are never combined with new bytes.
+    """
 
 
 class UploadJournal(Protocol):

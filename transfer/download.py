@@ -15,7 +15,7 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio
@@ -160,6 +160,8 @@ class Downloader:
         """
         if entry.is_dir:
             raise UnsupportedFeature(f"{entry.path} is a folder; create it instead")
+        if entry.primary_entity is None:
+            entry = await self._identified(entry)
         if entry.uploading and not await self._has_finished_primary(entry):
             raise DownloadFailed(entry.path, 0, "file is an unfinished upload")
         await anyio.Path(local.parent).mkdir(parents=True, exist_ok=True)
@@ -176,6 +178,21 @@ class Downloader:
                 log.warning("download_restarted", path=entry.path)
         await anyio.to_thread.run_sync(self._finish, job, local)
         log.info("download_completed", path=entry.path, size_bytes=entry.size)
+
+    async def _identified(self, entry: RemoteEntry) -> RemoteEntry:
+        """Fill in the entity (and current size and mtime) of an entry built without them.
+
+        A ``.part`` file may only be resumed against the entity it was started on; without the
+        entity id neither the saved state nor ``If-Range`` could tell a changed file apart.
+        """
+        info = await self.client.file_info(entry.uri)
+        return replace(
+            entry,
+            primary_entity=info.primary_entity,
+            size=info.size,
+            updated_at=info.updated_at,
+            metadata=info.metadata,
+        )
 
     async def _has_finished_primary(self, entry: RemoteEntry) -> bool:
         """True when an entry in upload state still serves a finished older version.

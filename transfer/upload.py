@@ -112,6 +112,8 @@ class _Target:
     overwrite: bool
     journal: UploadJournal
     key: str
+    source: str
+    """Fingerprint of the local content (size and mtime in ns); see ``SavedUpload.source``."""
 
 
 @dataclass(slots=True)
@@ -164,8 +166,9 @@ class Uploader:
     ) -> RemoteEntry:
         """Upload ``local`` to ``remote_path``, resuming the session journaled under ``key``.
 
-        The journal key must change when the local content changes (e.g. include size and
-        mtime): chunks acknowledged under a key are never re-read.
+        A journaled session is resumed only for the same content: when the local file's size or
+        mtime changed since the session was opened, the session is cancelled and the upload
+        starts over, so chunks acknowledged for other bytes are never kept.
 
         Raises:
             ObjectExists, QuotaExceeded, LockConflict, ApiError: the session could not be opened.
@@ -182,7 +185,8 @@ class Uploader:
             raise UnsupportedFeature(f"{local} is neither a regular file nor a pipe")
         size, mtime_ms = st.st_size, st.st_mtime_ns // 1_000_000
         path = join_remote(nfc(remote_path) if self.config.upload_nfc else remote_path)
-        target = _Target(local, path, to_uri(path), size, mtime_ms, overwrite, journal, key)
+        source = f"{size}:{st.st_mtime_ns}"
+        target = _Target(local, path, to_uri(path), size, mtime_ms, overwrite, journal, key, source)
         saved, concurrency = await self._session_for(target)
         saved = await self._send_until_done(target, saved, concurrency, progress)
         entry = await self._verify(local, target.uri, size, saved, journal, key)
@@ -221,7 +225,7 @@ class Uploader:
         """Resume the journaled session when it is still good, else open a new one."""
         saved = await target.journal.load(target.key)
         previous = saved
-        if saved is not None and not self._resumable(saved, target.uri, target.size):
+        if saved is not None and not self._resumable(saved, target):
             await self._discard(saved, target)
             saved = None
         if saved is None:
@@ -233,15 +237,7 @@ class Uploader:
     async def _new_session(
         self, target: _Target, previous: SavedUpload | None
     ) -> tuple[SavedUpload, int]:
-        session = await self._open(
-            target.uri,
-            target.size,
-            target.mtime_ms,
-            target.overwrite,
-            target.journal,
-            target.key,
-            previous,
-        )
+        session = await self._open(target, previous)
         self._warn_if_session_too_short(target, session)
         return session.saved, session.chunk_concurrency
 
@@ -295,8 +291,12 @@ class Uploader:
             await self._cancel(saved, target.journal, target.key)
             saved, concurrency = await self._new_session(target, saved)
 
-    def _resumable(self, saved: SavedUpload, uri: str, size: int) -> bool:
-        if saved.uri != uri or saved.size != size:
+    def _resumable(self, saved: SavedUpload, target: _Target) -> bool:
+        if saved.uri != target.uri or saved.size != target.size:
+            return False
+        if saved.source != target.source:
+            # Chunks acknowledged for other content must never be combined with these bytes.
+            log.info("upload_source_changed", path=target.path, session_id=saved.session_id)
             return False
         return not self._expired(saved)
 
@@ -318,31 +318,23 @@ class Uploader:
 
         return policy if cap is None else min(cap, policy)
 
-    async def _open(
-        self,
-        uri: str,
-        size: int,
-        mtime_ms: int,
-        overwrite: bool,
-        journal: UploadJournal,
-        key: str,
-        previous: SavedUpload | None,
-    ) -> UploadSession:
+    async def _open(self, target: _Target, previous: SavedUpload | None) -> UploadSession:
         """Open a session; an orphan placeholder or lock of our previous session is removed once."""
+        uri, size, mtime_ms = target.uri, target.size, target.mtime_ms
         try:
             session = await self.client.create_upload_session(
-                uri, size, last_modified_ms=mtime_ms, overwrite=overwrite
+                uri, size, last_modified_ms=mtime_ms, overwrite=target.overwrite
             )
         except (ObjectExists, LockConflict) as exc:
             if previous is None or not await self._is_our_orphan(exc, uri, previous):
                 raise
             log.warning("upload_orphan_removed", uri=uri, session_id=previous.session_id)
-            await self._cancel(previous, journal, key)
+            await self._cancel(previous, target.journal, target.key)
             session = await self.client.create_upload_session(
-                uri, size, last_modified_ms=mtime_ms, overwrite=overwrite
+                uri, size, last_modified_ms=mtime_ms, overwrite=target.overwrite
             )
-        saved = replace(session.saved, uri=uri, acked={})
-        await journal.session_opened(key, saved)
+        saved = replace(session.saved, uri=uri, acked={}, source=target.source)
+        await target.journal.session_opened(target.key, saved)
         cap = self.config.chunk_concurrency
         concurrency = (
             session.chunk_concurrency if cap is None else min(cap, session.chunk_concurrency)

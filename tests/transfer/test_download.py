@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,27 @@ def test_part_names_fit_the_name_limit(tmp_path: Path) -> None:
     assert part.parent == tmp_path
     assert len((part.name + ".json").encode()) <= 255
     assert part != part_path(tmp_path / ("é" * 124 + "e"))
+
+
+@pytest.mark.anyio
+async def test_s7_changed_file_restarts_part_even_when_the_entry_lacks_its_entity(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """Entries rebuilt without ``primary_entity`` (from a plan) still never resume stale bytes."""
+    old, new = os.urandom(4 * CHUNK), os.urandom(4 * CHUNK)
+    strict = PacerConfig(min_sleep_s=0.0, max_attempts=1)
+    async with connected(emu, tmp_path, pacer=strict) as drive:
+        await _put(drive, tmp_path, "/d/w.bin", old)
+        entry = await drive.stat("/d/w.bin")
+        assert entry is not None
+        out = tmp_path / "w.bin"
+        emu.faults.fail("GET", CONTENT_ROUTE, cut_response_after=CHUNK)
+        with pytest.raises(DownloadFailed):
+            await Downloader(drive.client, max_attempts=1).download(
+                replace(entry, primary_entity=None), out
+            )
+        await _put(drive, tmp_path, "/d/w.bin", new)
+        entry2 = await drive.stat("/d/w.bin")
+        assert entry2 is not None
+        await drive.download(replace(entry2, primary_entity=None), out)
+    assert out.read_bytes() == new

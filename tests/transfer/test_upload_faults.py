@@ -392,3 +392,32 @@ async def test_br30_warns_when_the_session_is_shorter_than_the_expected_upload(
     warned = [e for e in events if e["event"] == "upload_session_too_short"]
     assert warned
     assert warned[0]["estimate_s"] == 80.0
+
+
+@pytest.mark.anyio
+async def test_s6_6_resume_of_a_changed_source_starts_over(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """A source rewritten (same size, new mtime) after 2 of 5 chunks is re-sent from chunk 0."""
+    src = _file(tmp_path, "chg.bin", 5 * CHUNK - 3)
+    journal = MemoryJournal()
+    emu.faults.fail("POST", CHUNK_ROUTE, nth=3, times=100, status=503)
+    strict = PacerConfig(min_sleep_s=0.0, max_sleep_s=0.01, max_attempts=2)
+    no_file_retry = TransferConfig(chunk_concurrency=1, file_retries=0)
+    async with connected(emu, tmp_path, pacer=strict, transfer=no_file_retry) as drive:
+        with pytest.raises(UploadFailed):
+            await drive.upload(src, "/c/chg.bin", overwrite=False, journal=journal, key="k")
+    old_session = journal.sessions["k"].session_id
+    new = os.urandom(5 * CHUNK - 3)
+    src.write_bytes(new)
+    st = src.stat()
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    emu.faults.clear()
+    emu.requests.clear()
+    async with connected(emu, tmp_path) as drive:
+        entry = await drive.upload(src, "/c/chg.bin", overwrite=False, journal=journal, key="k")
+        out = tmp_path / "back.bin"
+        await drive.download(entry, out)
+    assert out.read_bytes() == new
+    assert _indices(emu) == [0, 1, 2, 3, 4]
+    assert old_session not in set(emu.requests.param_values("POST", CHUNK_ROUTE, "session_id"))
