@@ -219,7 +219,8 @@ def _ranges(header: str, size: int) -> list[tuple[int, int]] | None:
     return out or None
 
 
-@routes.get("/api/v4/file/content/{entity}/{speed}/{name}")
+# The name may hold any character but "/", braces included (aiohttp's default excludes them).
+@routes.get("/api/v4/file/content/{entity}/{speed}/{name:[^/]+}")
 async def serve_content(request: web.Request) -> web.StreamResponse:
     """Stream a local blob with Range and conditional-request support (contract 5.8)."""
     st = state(request)

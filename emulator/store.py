@@ -954,7 +954,10 @@ class Store:
 
     def new_storage_key(self, owner_id: int, name: str) -> str:
         """Return a fresh storage key for a blob of ``name``."""
-        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[-80:]
+        # ASCII only, so the key's last component stays far below the 255-byte limit of
+        # local file systems whatever the name's script.
+        safe = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in name)
+        safe = safe[-80:]
         return f"{owner_id}/{uuid.uuid4().hex}_{safe}"
 
     def blob_path(self, storage_key: str) -> Path:

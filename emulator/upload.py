@@ -306,6 +306,10 @@ async def create_session(request: web.Request) -> web.Response:
     st.store.check_quota(user.id, args["size"])
     sess = await _open(st, user.id, uri.path, parent.id, name, existing, policy, args)
     try:
+        # Everything that can fail after the lock is taken runs here, so a failure leaves no
+        # placeholder, lock or quota reservation behind.
+        if st.config.pre_allocate and policy.type in LOCAL_STORAGE_TYPES:
+            preallocate(chunk_target(st, sess.info), sess.info.size)
         creds = await _credentials(st, sess)
     except BaseException:
         await _drop(st, sess, abort=False)
@@ -359,8 +363,6 @@ async def _open(
         is_version=existing is not None,
     )
     st.store.sessions[session_id] = sess
-    if st.config.pre_allocate and policy.type in LOCAL_STORAGE_TYPES:
-        preallocate(chunk_target(st, info), info.size)
 
     return sess
 

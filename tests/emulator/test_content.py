@@ -189,3 +189,12 @@ async def test_s5_8_archive_url_streams_a_zip_for_admins(
     emu.clock.advance(601)
     async with http.get(entry["url"]) as resp:
         assert (await resp.json())["code"] == 40005
+
+
+async def test_s5_8_names_with_braces_are_served(api: Api, http: aiohttp.ClientSession) -> None:
+    """A name holding ``{`` and ``}`` downloads like any other (no 404 from the route pattern)."""
+    await api.upload("cloudreve://my/x%7By%7D.txt", DATA)
+    url = await _url(api, "cloudreve://my/x%7By%7D.txt")
+    async with http.get(url) as resp:
+        assert resp.status == 200
+        assert await resp.read() == DATA

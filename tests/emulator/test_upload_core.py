@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -419,3 +420,16 @@ async def test_s6_4_remote_completion_failure_is_50007(
         assert (await r.json())["code"] == 50007
     async with http.post(sess["upload_urls"][0], data=b"0123", headers=auth) as r:
         assert (await r.json())["code"] == 0
+
+
+async def test_s10_name_of_255_utf8_bytes_uploads_and_leaves_no_lock(api: Api) -> None:
+    """A valid 255-byte CJK name uploads; the blob key never exceeds the file system's limit."""
+    name = "文" * 83 + ".txt"
+    assert len(name.encode()) <= 255
+    uri = "cloudreve://my/" + quote(name, safe="")
+    await api.upload(uri, b"abc")
+    info = await api.ok("GET", "/file/info", params={"uri": uri})
+    assert info["size"] == 3
+    assert "sys:upload_session_id" not in (info.get("metadata") or {})
+    again = await _session(api, uri, 3, entity_type="version")
+    assert again["session_id"]
