@@ -20,8 +20,10 @@ __all__ = ["BandwidthLimiter", "Stats", "StatsSnapshot", "TransferHandle"]
 class BandwidthLimiter:
     """A token bucket shared by every worker of one direction (one for upload, one for download).
 
-    The bucket holds at most one second of tokens. A request for more bytes than the bucket holds
-    is granted by going into debt, so large chunks never stall forever.
+    The bucket starts empty and holds at most one second of tokens, so the average over any run
+    stays at the rate (a full bucket at the start would add a free second of data). A request
+    for more bytes than the bucket holds is granted by going into debt, so large chunks never
+    stall forever.
     """
 
     def __init__(
@@ -36,7 +38,7 @@ class BandwidthLimiter:
         self.rate_bytes_per_s = rate_bytes_per_s
         self._clock = clock
         self._sleep = sleep
-        self._tokens = float(rate_bytes_per_s)
+        self._tokens = 0.0
         self._updated = clock()
         self._lock = anyio.Lock()
 
