@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 import aiosqlite
@@ -606,7 +607,10 @@ class StateDB:
             "SELECT idx, etag FROM upload_chunks WHERE key = ?", (key,)
         ) as cursor:
             chunks = await cursor.fetchall()
-        fields = json.loads(row[0])
+        # Keys a different version of SavedUpload wrote and this one lacks are dropped, so a
+        # journal survives an upgrade; fields it lacks take their defaults.
+        known = {f.name for f in dataclass_fields(SavedUpload)}
+        fields = {k: v for k, v in json.loads(row[0]).items() if k in known}
         fields["upload_urls"] = tuple(fields.get("upload_urls", ()))
         fields["acked"] = {int(i): str(e) for i, e in chunks}
 

@@ -84,6 +84,25 @@ async def test_journal_round_trips_sessions_and_acked_chunks(tmp_path: Path) -> 
         assert await db.journal_keys() == []
 
 
+async def test_journal_ignores_fields_a_newer_version_wrote(tmp_path: Path) -> None:
+    """A session saved with an extra field still loads (the field is dropped)."""
+    import json
+    import sqlite3
+
+    async with StateDB.open(tmp_path / "s.db") as db:
+        await db.journal().session_opened("k", SESSION)
+    conn = sqlite3.connect(tmp_path / "s.db")
+    with conn:
+        (text,) = conn.execute("SELECT session FROM upload_sessions").fetchone()
+        data = {**json.loads(text), "from_the_future": 1}
+        conn.execute("UPDATE upload_sessions SET session = ?", (json.dumps(data),))
+    conn.close()
+    async with StateDB.open(tmp_path / "s.db") as db:
+        loaded = await db.journal().load("k")
+    assert loaded is not None
+    assert loaded.session_id == SESSION.session_id
+
+
 async def test_100k_item_plan_is_written_and_read_back_in_batches(tmp_path: Path) -> None:
     """Scanning, planning and re-reading 100k items stays fast (measured, printed)."""
     n = 100_000
