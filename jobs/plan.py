@@ -383,7 +383,13 @@ class _Planner:
         return actual == digest
 
     async def decide_new(self, src: ScanRow, target: str) -> None:
-        """A key the target lacks: create it, unless a case-only sibling is there."""
+        """A key the target lacks: create it, unless a case-only sibling is there.
+
+        With ``include`` globs, folders are not created on their own: the copies of the files
+        they select create their parents, and folders with no selected file stay out.
+        """
+        if src.is_dir and self.job.include:
+            return
         if src.key not in self.case_clashes:
             await self.add("mkdir" if src.is_dir else "copy", src, target, "new")
         elif src.is_dir:

@@ -213,3 +213,10 @@ async def test_download_plans_local_targets_and_type_conflicts(tmp_path: Path) -
         ("mkdir", "sub", "sub"),
         ("fail", "clash", "clash"),
     ]
+
+
+async def test_include_globs_create_no_empty_folders(tmp_path: Path) -> None:
+    """With include globs only matching files are copied and no folder is made on its own."""
+    local_tree(tmp_path / "src", {"a/x.jpg": b"1", "b/y.txt": b"2"})
+    _, rows = await plan(tmp_path, upload_job(tmp_path, include=["*.jpg"]), FakeDrive())
+    assert by_action(rows) == {"copy": ["a/x.jpg"]}
