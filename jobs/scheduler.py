@@ -115,6 +115,10 @@ class DriveLike(RemoteLister, Protocol):
         """Download one file to ``local`` (atomically, resuming a ``.part``)."""
         ...
 
+    async def abandon_upload(self, journal: UploadJournal, key: str) -> bool:
+        """Cancel the upload session journaled under ``key``."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class DriveOptions:
@@ -352,22 +356,28 @@ async def _execute(
     if run.stats.fatal or run.limit:
         await _mark_blocked(run, "fatal_error" if run.stats.fatal else run.limit)
     else:
-        await _report_orphaned_sessions(run)
+        await _abandon_orphaned_sessions(run, drive)
         if run.job.mode == "mirror":
             await _delete_phase(run, drive, summary)
 
 
-async def _report_orphaned_sessions(run: _Run) -> None:
-    """Warn about journaled upload sessions of files this run no longer plans to copy."""
+async def _abandon_orphaned_sessions(run: _Run, drive: DriveLike) -> None:
+    """Cancel journaled upload sessions of files this run no longer plans to copy.
+
+    A file renamed or deleted locally after a crash leaves its session behind; cancelling it
+    removes the placeholder, lock and quota reservation now instead of when it expires. A
+    failed cancel is logged and retried by the next run.
+    """
     prefix = f"{run.job.name}:"
     keys = {key[len(prefix) :]: key for key in await run.db.journal_keys(prefix)}
     planned = await run.db.planned_targets(run.run_id, keys)
     for target, key in keys.items():
-        if target not in planned:
-            # TODO: sessions of files renamed or deleted after a crash are only reported; their
-            # placeholders stay on the drive until the session expires, because the transfer
-            # surface has no call to cancel a journaled session by key.
-            log.warning("upload_session_orphaned", key=key, path=target)
+        if target in planned:
+            continue
+        try:
+            await drive.abandon_upload(run.journal, key)
+        except FerryError as exc:
+            log.warning("upload_session_orphaned", key=key, path=target, error=str(exc))
 
 
 async def _mark_blocked(run: _Run, reason: str) -> None:

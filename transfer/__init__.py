@@ -5,6 +5,8 @@ surface (the agreed calls all work as specified):
 
 * ``Drive.connect`` also takes ``on_retry`` (called per scheduled retry, e.g.
   ``stats.record_retry``) and accepts a ready ``Pacer`` as ``pacer`` (tests inject clocks);
+* ``Drive.abandon_upload(journal, key)`` cancels a journaled session of a file that will not be
+  uploaded any more (its placeholder and lock go at once);
 * ``Drive.save_thumbnail`` saves an image's thumbnail as ``<name>.thumb.jpg``;
   ``TransferConfig.save_thumbnails`` / ``thumbnail_dir`` do it for every downloaded image;
 * ``local_path(root, relative)`` maps a remote relative path below a local root through

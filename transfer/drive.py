@@ -237,6 +237,13 @@ class Drive:
                 log.warning("upload_retried", path=remote_path, attempt=attempt + 1, error=str(exc))
         raise AssertionError("unreachable")
 
+    async def abandon_upload(self, journal: UploadJournal, key: str) -> bool:
+        """Cancel the upload session journaled under ``key``; False when none was journaled.
+
+        See :meth:`transfer.upload.Uploader.abandon`.
+        """
+        return await self.uploader.abandon(journal, key)
+
     async def download(
         self,
         entry: RemoteEntry,

@@ -362,6 +362,21 @@ class Uploader:
                 raise
             log.warning("upload_session_cancel_failed", session_id=saved.session_id, error=str(exc))
 
+    async def abandon(self, journal: UploadJournal, key: str) -> bool:
+        """Cancel the session journaled under ``key`` and forget it; False when there is none.
+
+        For files that will not be uploaded any more (renamed or deleted locally after a crash):
+        their placeholder, lock and quota reservation go now instead of when the session
+        expires. A session the server no longer has is simply forgotten.
+        """
+        saved = await journal.load(key)
+        if saved is None:
+            return False
+        await self._cancel(saved, journal, key)
+        log.info("upload_session_abandoned", uri=saved.uri, session_id=saved.session_id)
+
+        return True
+
     async def _cancel(self, saved: SavedUpload, journal: UploadJournal, key: str) -> None:
         """Delete a session and its placeholder; a session the server no longer has is fine."""
         try:

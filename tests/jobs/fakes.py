@@ -23,6 +23,7 @@ class FakeDrive:
         self.deleted: list[str] = []
         self.fail_paths: dict[str, Exception] = {}
         self.walk_error: Exception | None = None
+        self.abandoned: list[str] = []
 
     def put(self, path: str, data: bytes, mtime: float = 1_700_000_000.0) -> None:
         """Store a file directly, creating its folders."""
@@ -88,6 +89,13 @@ class FakeDrive:
         if progress is not None:
             progress(len(data))
         return self._entry(remote_path)
+
+    async def abandon_upload(self, journal: UploadJournal, key: str) -> bool:
+        if await journal.load(key) is None:
+            return False
+        await journal.session_closed(key)
+        self.abandoned.append(key)
+        return True
 
     async def download(
         self, entry: RemoteEntry, local: Path, *, progress: Callable[[int], None] | None = None

@@ -298,8 +298,8 @@ async def test_bwlimit_reaches_the_drive_as_a_limiter_for_the_job_direction(
     assert options.on_retry is not None
 
 
-async def test_journaled_session_of_a_file_no_longer_planned_is_reported(tmp_path: Path) -> None:
-    """A session left by a crash for a file that is gone now is logged as orphaned."""
+async def test_journaled_session_of_a_file_no_longer_planned_is_cancelled(tmp_path: Path) -> None:
+    """A session left by a crash for a file that is gone now is cancelled; other jobs' stay."""
     from transfer import SavedUpload
 
     make_src(tmp_path / "src", 1)
@@ -307,11 +307,12 @@ async def test_journaled_session_of_a_file_no_longer_planned_is_reported(tmp_pat
         saved = SavedUpload("s", "cloudreve://my/t/gone.bin", 9, 1, 0, "local", "x" * 32)
         await db.journal().session_opened("j:/t/gone.bin", saved)
         await db.journal().session_opened("other:/t/x.bin", saved)
-    with capture_logs() as logs:
-        outcome = await run(tmp_path, job(tmp_path), FakeDrive())
+    drive = FakeDrive()
+    outcome = await run(tmp_path, job(tmp_path), drive)
     assert outcome.exit_code == 0
-    orphans = [e for e in logs if e["event"] == "upload_session_orphaned"]
-    assert [e["key"] for e in orphans] == ["j:/t/gone.bin"]
+    assert drive.abandoned == ["j:/t/gone.bin"]
+    async with StateDB.open(tmp_path / "state.db") as db:
+        assert await db.journal_keys() == ["other:/t/x.bin"]
 
 
 @pytest.mark.parametrize("upload", [True, False])

@@ -421,3 +421,25 @@ async def test_s6_6_resume_of_a_changed_source_starts_over(
     assert out.read_bytes() == new
     assert _indices(emu) == [0, 1, 2, 3, 4]
     assert old_session not in set(emu.requests.param_values("POST", CHUNK_ROUTE, "session_id"))
+
+
+@pytest.mark.anyio
+async def test_br11_abandoned_session_leaves_no_placeholder(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """Abandoning a journaled session removes its placeholder and forgets it; again is a no-op."""
+    src = _file(tmp_path, "gone.bin", 3 * CHUNK)
+    journal = MemoryJournal()
+    emu.faults.fail("POST", CHUNK_ROUTE, nth=2, times=100, status=503)
+    strict = PacerConfig(min_sleep_s=0.0, max_sleep_s=0.01, max_attempts=1)
+    async with connected(
+        emu, tmp_path, pacer=strict, transfer=TransferConfig(chunk_concurrency=1, file_retries=0)
+    ) as drive:
+        with pytest.raises(UploadFailed):
+            await drive.upload(src, "/g/gone.bin", overwrite=False, journal=journal, key="k")
+        assert emu.file(next(iter(emu.users)), "/g/gone.bin") is not None
+        emu.faults.clear()
+        assert await drive.abandon_upload(journal, "k")
+        assert not await drive.abandon_upload(journal, "k")
+        assert await drive.stat("/g/gone.bin") is None
+    assert "k" not in journal.sessions
