@@ -283,7 +283,9 @@ class _Connector:
             token_cache=tokens / f"{name}.json",
             pacer=_PACER,
             transfer=TransferConfig(
-                chunk_concurrency=job.chunk_concurrency, file_retries=job.retries
+                chunk_concurrency=job.chunk_concurrency,
+                file_retries=job.retries,
+                save_thumbnails=job.thumbnails is not False,
             ),
             up_limit=limits.up,
             down_limit=limits.down,

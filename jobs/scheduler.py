@@ -110,7 +110,12 @@ class DriveLike(RemoteLister, Protocol):
         ...
 
     async def download(
-        self, entry: RemoteEntry, local: Path, *, progress: Callable[[int], None] | None = None
+        self,
+        entry: RemoteEntry,
+        local: Path,
+        *,
+        progress: Callable[[int], None] | None = None,
+        thumbnail_dir: Path | None = None,
     ) -> None:
         """Download one file to ``local`` (atomically, resuming a ``.part``)."""
         ...
@@ -470,7 +475,9 @@ async def _transfer_one(run: _Run, drive: DriveLike, row: PlanRow) -> None:
             local = Path(run.job.target.path, row.dst)
             remote = entry_for(row)
             await anyio.Path(local.parent).mkdir(parents=True, exist_ok=True)
-            await drive.download(remote, local, progress=handle.add_bytes)
+            thumbs = run.job.thumbnails
+            folder = thumbs / Path(row.dst).parent if isinstance(thumbs, Path) else None
+            await drive.download(remote, local, progress=handle.add_bytes, thumbnail_dir=folder)
         fingerprint = await _fingerprint(run, local, remote)
     except (FerryError, OSError) as exc:
         handle.done(exc)

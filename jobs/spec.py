@@ -187,6 +187,20 @@ class _Tunables(BaseModel):
     max_duration: Duration | None = None
     retries: int = Field(default=3, ge=0, le=100)
     follow_symlinks: bool = False
+    thumbnails: bool | Path = False
+    """Downloads: also save each image's server thumbnail as ``<name>.thumb.jpg``; ``true``
+    saves it beside the image, a path saves it into that folder (mirroring the tree)."""
+
+    @field_validator("thumbnails", mode="before")
+    @classmethod
+    def _thumbnails(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, bool):
+            return value
+        if not isinstance(value, str) or not value:
+            raise ValueError("expected true, false or a folder path")
+        path = Path(value).expanduser()
+        base = (info.context or {}).get("base", Path.cwd())
+        return path if path.is_absolute() else (base / path).resolve()
 
 
 class DefaultsSpec(_Tunables):

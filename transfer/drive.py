@@ -250,10 +250,13 @@ class Drive:
         local: Path,
         *,
         progress: Callable[[int], None] | None = None,
+        thumbnail_dir: Path | None = None,
     ) -> None:
         """Download one file to ``local`` via a ``.part`` file, resuming an earlier one.
 
-        Retryable failures run the file again up to ``transfer.file_retries`` times.
+        Retryable failures run the file again up to ``transfer.file_retries`` times. With
+        ``transfer.save_thumbnails`` an image's thumbnail is saved too, into ``thumbnail_dir``
+        when given (else ``transfer.thumbnail_dir``, else beside the image).
         """
         for attempt in range(self.transfer.file_retries + 1):
             try:
@@ -264,12 +267,12 @@ class Drive:
                     raise
                 log.warning("download_retried", path=entry.path, attempt=attempt + 1)
         if self.transfer.save_thumbnails and is_image(entry.name):
-            await self._thumbnail_beside(entry, local)
+            await self._thumbnail_beside(entry, local, thumbnail_dir or self.transfer.thumbnail_dir)
 
-    async def _thumbnail_beside(self, entry: RemoteEntry, local: Path) -> None:
+    async def _thumbnail_beside(self, entry: RemoteEntry, local: Path, folder: Path | None) -> None:
         """Save a downloaded image's thumbnail; a failure is logged, the download stands."""
         try:
-            await self.thumbnails.save(entry, local, self.transfer.thumbnail_dir)
+            await self.thumbnails.save(entry, local, folder)
         except FerryError as exc:
             log.warning("thumbnail_failed", path=entry.path, error=str(exc))
 

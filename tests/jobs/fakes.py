@@ -98,7 +98,12 @@ class FakeDrive:
         return True
 
     async def download(
-        self, entry: RemoteEntry, local: Path, *, progress: Callable[[int], None] | None = None
+        self,
+        entry: RemoteEntry,
+        local: Path,
+        *,
+        progress: Callable[[int], None] | None = None,
+        thumbnail_dir: Path | None = None,
     ) -> None:
         if entry.path not in self.files:
             raise NotFound(404, 40016, "not found", "", "GET", entry.path)
