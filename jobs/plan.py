@@ -47,6 +47,7 @@ __all__ = [
     "PlanSummary",
     "RemoteLister",
     "WalkIssue",
+    "display_path",
     "entry_for",
     "key_of",
     "plan_job",
@@ -109,19 +110,38 @@ def key_of(rel: str) -> str:
     return unicodedata.normalize("NFC", rel)
 
 
+def display_path(rel: str) -> str:
+    """Return a local path printable as text: bytes that are not UTF-8 appear as ``\\xff``.
+
+    Local names come from the file system with undecodable bytes as lone surrogates
+    (``surrogateescape``), which neither SQLite, JSON logs nor the drive accept.
+    """
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _row(rel: str, path: str, is_dir: bool, size: int, mtime_ns: int, **extra: str) -> ScanRow:
     key = key_of(rel)
     return ScanRow(key, key.casefold(), path, is_dir, size, mtime_ns, **extra)
 
 
 def walk_local(
-    root: Path, filt: Filter, *, follow_symlinks: bool = False
+    root: Path, filt: Filter, *, follow_symlinks: bool = False, bad_names_fail: bool = True
 ) -> Iterator[list[ScanRow | WalkIssue]]:
     """Walk a local tree, yielding batches of entries and issues; the root itself is left out.
 
     Symlinks are skipped with a warning unless ``follow_symlinks``; then a dangling link is an
     error and a link back to an ancestor is skipped as a loop. FIFOs, sockets and devices are
-    skipped without being opened. Unreadable files and folders are errors.
+    skipped without being opened. Unreadable files and folders are errors. A name that is not
+    valid UTF-8 is skipped (a folder with all it holds) as an ``undecodable_name`` issue, an
+    error when ``bad_names_fail``. Issue paths are shown through :func:`display_path`.
     """
     batch: list[ScanRow | WalkIssue] = []
     root_stat = root.stat()
@@ -139,7 +159,7 @@ def walk_local(
             continue
         for entry in listed:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            item = _local_entry(entry, rel, filt, follow_symlinks, ancestors)
+            item = _local_entry(entry, rel, filt, follow_symlinks, ancestors, bad_names_fail)
             if item is None:
                 continue
             if isinstance(item, tuple):
@@ -160,30 +180,40 @@ def _local_entry(
     filt: Filter,
     follow: bool,
     ancestors: tuple[tuple[int, int], ...],
+    bad_names_fail: bool,
 ) -> ScanRow | WalkIssue | tuple[ScanRow, tuple[int, int]] | None:
     """Classify one directory entry; a folder to descend into comes back with its identity."""
+    shown = display_path(rel)
     try:
         if entry.is_symlink() and not follow:
-            return WalkIssue(rel, "symlink_skipped", "symbolic link not followed", False)
+            return WalkIssue(shown, "symlink_skipped", "symbolic link not followed", False)
         info = entry.stat(follow_symlinks=follow)
     except FileNotFoundError:
-        return WalkIssue(rel, "dangling_symlink", "link target does not exist", True)
+        return WalkIssue(shown, "dangling_symlink", "link target does not exist", True)
     except OSError as exc:
-        return WalkIssue(rel, "unreadable", exc.strerror or str(exc), True)
+        return WalkIssue(shown, "unreadable", exc.strerror or str(exc), True)
     if stat.S_ISDIR(info.st_mode):
         if filt.dir_excluded(rel):
             return None
+        if not _is_utf8(entry.name):
+            return _undecodable(shown, bad_names_fail)
         identity = (info.st_dev, info.st_ino)
         if identity in ancestors:
-            return WalkIssue(rel, "symlink_loop", "link points back to an ancestor", False)
+            return WalkIssue(shown, "symlink_loop", "link points back to an ancestor", False)
         return _row(rel, rel, True, 0, info.st_mtime_ns), identity
     if not stat.S_ISREG(info.st_mode):
-        return WalkIssue(rel, "special_skipped", "not a regular file or folder", False)
+        return WalkIssue(shown, "special_skipped", "not a regular file or folder", False)
     if not filt.file_included(rel, info.st_size, info.st_mtime_ns):
         return None
+    if not _is_utf8(entry.name):
+        return _undecodable(shown, bad_names_fail)
     if not os.access(entry.path, os.R_OK):
-        return WalkIssue(rel, "unreadable", "permission denied", True)
+        return WalkIssue(shown, "unreadable", "permission denied", True)
     return _row(rel, rel, False, info.st_size, info.st_mtime_ns)
+
+
+def _undecodable(shown: str, error: bool) -> WalkIssue:
+    return WalkIssue(shown, "undecodable_name", "name is not valid UTF-8; skipped", error)
 
 
 async def scan_local(
@@ -194,14 +224,16 @@ async def scan_local(
     filt: Filter,
     follow_symlinks: bool,
     summary: PlanSummary,
+    bad_names_fail: bool = True,
 ) -> None:
     """Walk ``root`` in a worker thread and store its entries as ``side``.
 
     The caller has checked the root with :func:`_root_usable`; a missing target is empty.
+    ``bad_names_fail`` makes names that are not UTF-8 errors rather than warnings.
     """
     if not await anyio.Path(root).is_dir():
         return
-    walker = walk_local(root, filt, follow_symlinks=follow_symlinks)
+    walker = walk_local(root, filt, follow_symlinks=follow_symlinks, bad_names_fail=bad_names_fail)
     while True:
         batch = await anyio.to_thread.run_sync(next, walker, None)
         if batch is None:
@@ -506,7 +538,10 @@ async def plan_job(
             await scan_remote(db, run_id, DST, drive, remote, filt)
         else:
             await scan_remote(db, run_id, SRC, drive, remote, filt)
-            await scan_local(db, run_id, DST, local, filt, False, summary)
+            # A local name that is not UTF-8 cannot match any drive name; only a mirror, which
+            # would have to delete it, fails over it.
+            mirror = job.mode == "mirror"
+            await scan_local(db, run_id, DST, local, filt, False, summary, mirror)
     except (FerryError, OSError) as exc:
         if isinstance(exc, FerryError) and exc.fatal and not isinstance(exc, ListingInconsistent):
             raise

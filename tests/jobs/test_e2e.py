@@ -306,3 +306,23 @@ async def test_secrets_never_reach_output(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr.decode()
         assert PASSWORD.encode() not in done.stdout + done.stderr
     assert b"event" in outputs[2].stderr
+
+
+async def test_source_name_not_utf8_fails_alone_and_the_rest_transfers(tmp_path: Path) -> None:
+    """A file named with non-UTF-8 bytes is reported escaped and skipped; the run exits 1."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "good.txt").write_bytes(b"good")
+    (src / os.fsdecode(b"bad\xffutf8.txt")).write_bytes(b"x")
+    async with emulator(tmp_path) as emu:
+        config = write_config(tmp_path, emu.url, UPLOAD)
+        plan = await ferry(config, "plan", "--job", "up")
+        assert plan.returncode == 1, plan.stderr.decode()
+        assert b"undecodable_name: bad\\xffutf8.txt" in plan.stdout
+        done = await ferry(config, "run")
+        assert done.returncode == 1, done.stderr.decode()
+        assert b"Traceback" not in done.stderr
+        assert b"bad\\\\xffutf8.txt" in done.stderr
+        assert emu.file(EMAIL, "/backup/good.txt") is not None
+        history = await ferry(config, "history")
+    assert history.stdout.split(b"\n")[1].split()[4:6] == [b"partial", b"1"]

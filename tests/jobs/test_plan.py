@@ -220,3 +220,34 @@ async def test_include_globs_create_no_empty_folders(tmp_path: Path) -> None:
     local_tree(tmp_path / "src", {"a/x.jpg": b"1", "b/y.txt": b"2"})
     _, rows = await plan(tmp_path, upload_job(tmp_path, include=["*.jpg"]), FakeDrive())
     assert by_action(rows) == {"copy": ["a/x.jpg"]}
+
+
+BAD_NAME = os.fsdecode(b"bad\xffutf8.txt")
+
+
+async def test_name_not_utf8_is_one_failed_item_shown_escaped(tmp_path: Path) -> None:
+    """A source file or folder whose name is not UTF-8 is one error; everything else is planned."""
+    local_tree(tmp_path / "src", {"good.txt": b"g", BAD_NAME: b"x", "d\udcfe/in.txt": b"y"})
+    drive = FakeDrive()
+    summary, rows = await plan(tmp_path, upload_job(tmp_path), drive)
+    assert by_action(rows) == {"copy": ["good.txt"]}
+    assert sorted((i.path, i.kind, i.error) for i in summary.issues) == [
+        ("bad\\xffutf8.txt", "undecodable_name", True),
+        ("d\\xfe", "undecodable_name", True),
+    ]
+    assert summary.errors == 2
+
+
+async def test_name_not_utf8_in_a_download_target_fails_only_a_mirror(tmp_path: Path) -> None:
+    """A local target name that is not UTF-8 is a warning, but an error for a mirror."""
+    local_tree(tmp_path / "dst", {BAD_NAME: b"x"})
+    drive = FakeDrive()
+    drive.put("/t/a.txt", b"a")
+    base = {"name": "d", "kind": "download", "source": "r:/t", "target": str(tmp_path / "dst")}
+    copy = JobSpec.model_validate(base)
+    summary, rows = await plan(tmp_path, copy, drive)
+    assert by_action(rows) == {"copy": ["a.txt"]}
+    assert [(i.path, i.error) for i in summary.issues] == [("bad\\xffutf8.txt", False)]
+    mirror = JobSpec.model_validate({**base, "name": "m", "kind": "sync", "mode": "mirror"})
+    summary, _ = await plan(tmp_path, mirror, drive)
+    assert [(i.path, i.error) for i in summary.issues] == [("bad\\xffutf8.txt", True)]
