@@ -11,6 +11,7 @@ This is the only module that prints, reads the environment, or configures struct
 5     a max_transfer / max_duration limit stopped the run
 6     fatal remote error (unreachable server, quota)
 130   interrupted by SIGINT; 143 interrupted by SIGTERM
+141   standard output was closed early (``ferry history | head``)
 ====  ==========================================================
 """
 
@@ -61,6 +62,7 @@ from transfer import AuthError, Drive, FerryError, PacerConfig, RemoteConfig, Tr
 __all__ = ["main"]
 
 _SECRET_TIMEOUT_S = 60
+_EXIT_PIPE = 128 + signal.SIGPIPE
 # Cloudreve CE has no API rate limit (contract section 10), so calls may start 2 ms apart; the
 # pacer still widens the gap on every throttle answer (429) and narrows it again on success.
 _PACER = PacerConfig(min_sleep_s=0.002)
@@ -109,6 +111,31 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``ferry`` command line and return its exit code."""
+    try:
+        code = _command(argv)
+        # Output still buffered for a pipe is written here, where a closed pipe is handled,
+        # rather than at interpreter exit.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _stdout_closed()
+    except BaseExceptionGroup as group:
+        if group.split(BrokenPipeError)[1] is not None:
+            raise
+        return _stdout_closed()
+    return code
+
+
+def _stdout_closed() -> int:
+    """Exit quietly when the reader of stdout went away, as a process killed by SIGPIPE does."""
+    # Workaround: the interpreter flushes stdout once more at exit and would print an
+    # "Exception ignored" message for the closed pipe; the rest goes to /dev/null instead.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return _EXIT_PIPE
+
+
+def _command(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     secrets: set[str] = set()
     _configure_logging(args.verbose, sys.stderr, secrets)
@@ -132,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SecretError as exc:
         print(f"ferry: secret error: {exc.issue}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        raise
     except (OSError, sqlite3.Error) as exc:
         # The state folder or database is unusable (permissions, a file in the way, disk full).
         print(f"ferry: state error in {args.config}: {exc}", file=sys.stderr)

@@ -326,3 +326,26 @@ async def test_source_name_not_utf8_fails_alone_and_the_rest_transfers(tmp_path:
         assert emu.file(EMAIL, "/backup/good.txt") is not None
         history = await ferry(config, "history")
     assert history.stdout.split(b"\n")[1].split()[4:6] == [b"partial", b"1"]
+
+
+async def test_plan_and_run_into_a_closed_stdout_exit_141_quietly(tmp_path: Path) -> None:
+    """plan and run whose stdout reader has gone end quietly; the run is still recorded."""
+    make_tree(tmp_path / "src")
+    async with emulator(tmp_path) as emu:
+        config = write_config(tmp_path, emu.url, UPLOAD)
+        env = {**os.environ, "FERRY_E2E_PASSWORD": PASSWORD}
+        for args in (["plan", str(config), "--job", "up"], ["run", str(config)]):
+            read, write = os.pipe()
+            os.close(read)
+            try:
+                done = await anyio.run_process(
+                    [sys.executable, "-m", "jobs", *args], env=env, stdout=write, check=False
+                )
+            finally:
+                os.close(write)
+            assert done.returncode == 141, done.stderr.decode()
+            assert b"Traceback" not in done.stderr
+            assert b"Broken pipe" not in done.stderr
+        assert emu.file(EMAIL, "/backup/a.txt") is not None
+        history = await ferry(config, "history")
+    assert history.stdout.split(b"\n")[1].split()[4:6] == [b"done", b"0"]
