@@ -451,14 +451,16 @@ async def _run_locked(
     except JobLocked as exc:
         print(f"ferry: {exc}", file=sys.stderr)
         return EXIT_LOCKED
-    _print_outcome(outcome)
+    record = await db.run(outcome.run_id)
+    assert record is not None
+    _print_outcome(outcome, record.errors)
     return outcome.exit_code
 
 
-def _print_outcome(outcome: RunOutcome) -> None:
+def _print_outcome(outcome: RunOutcome, failed: int) -> None:
+    """Print one line per run; ``failed`` is the error count recorded for it."""
     snap = outcome.snapshot
     skipped = outcome.planned.get("skip", (0, 0))[0]
-    failed = snap.errors + outcome.planned.get("fail", (0, 0))[0]
     print(
         f"job {outcome.job}: {outcome.status} (exit {outcome.exit_code}),"
         f" {snap.transfers} file(s) / {_human(snap.bytes)} transferred, {skipped} unchanged,"

@@ -130,6 +130,10 @@ _MIGRATIONS: tuple[str, ...] = (
 SRC = 0
 DST = 1
 _PAGE = 2000
+_RUN_QUERY = (
+    "SELECT runs.id, jobs.name, started_at, finished_at, status, exit_code, bytes, transfers,"
+    " checks, errors, deletes, message FROM runs JOIN jobs ON jobs.id = runs.job_id"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,13 +334,15 @@ class StateDB:
             await self._conn.execute("DELETE FROM scan WHERE run_id = ?", (run_id,))
             await self._conn.execute("DELETE FROM plan WHERE run_id = ?", (run_id,))
 
+    async def run(self, run_id: int) -> RunRecord | None:
+        """Return the run with id ``run_id``, or None."""
+        async with self._conn.execute(_RUN_QUERY + " WHERE runs.id = ?", (run_id,)) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else RunRecord(*row)
+
     async def runs(self, job: str | None = None, limit: int = 20) -> list[RunRecord]:
         """Return the newest runs first, of one job or of all."""
-        query = (
-            "SELECT runs.id, jobs.name, started_at, finished_at, status, exit_code, bytes,"
-            " transfers, checks, errors, deletes, message FROM runs JOIN jobs"
-            " ON jobs.id = runs.job_id"
-        )
+        query = _RUN_QUERY
         params: tuple[object, ...] = ()
         if job is not None:
             query += " WHERE jobs.name = ?"

@@ -349,3 +349,30 @@ async def test_plan_and_run_into_a_closed_stdout_exit_141_quietly(tmp_path: Path
         assert emu.file(EMAIL, "/backup/a.txt") is not None
         history = await ferry(config, "history")
     assert history.stdout.split(b"\n")[1].split()[4:6] == [b"done", b"0"]
+
+
+async def test_run_summary_counts_a_bad_root_as_the_failure_it_reports(tmp_path: Path) -> None:
+    """A missing source or a target that is a file: "1 failed" and "1 item(s) failed" agree."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.txt").write_bytes(b"a")
+    jobs = """
+[[jobs]]
+name = "nosrc"
+kind = "upload"
+source = "missing"
+target = "emu:/backup"
+
+[[jobs]]
+name = "filetarget"
+kind = "upload"
+source = "src"
+target = "emu:/backup/a.txt"
+"""
+    async with emulator(tmp_path) as emu:
+        config = write_config(tmp_path, emu.url, UPLOAD + jobs)
+        assert (await ferry(config, "run", "--job", "up")).returncode == 0
+        for name in ("nosrc", "filetarget"):
+            done = await ferry(config, "run", "--job", name)
+            assert done.returncode == 1, done.stderr.decode()
+            assert b" 1 failed, " in done.stdout
+            assert done.stdout.rstrip().endswith(b" - 1 item(s) failed")
