@@ -12,6 +12,7 @@ import sys
 BENCHES = [
     ["bench.transfer_throughput"],
     ["bench.emulator_memory", "--size", str(512 << 20)],
+    ["bench.large_file", "--size", str(1 << 30)],
 ]
 
 if __name__ == "__main__":
