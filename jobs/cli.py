@@ -480,10 +480,10 @@ async def _watch_signals(scope: anyio.CancelScope, interrupt: Interrupt) -> None
 
 
 async def _status(config: AppConfig) -> int:
+    """Print each job's last run (not a dry run): its outcome, issues and failed items."""
     async with StateDB.open(_state_path(config)) as db:
         for job in config.jobs:
-            runs = [r for r in await db.runs(job.name, limit=10) if r.status != "dry_run"]
-            last = runs[0] if runs else None
+            last = await db.last_run(job.name)
             line = f"{job.name}: "
             if last is None:
                 line += "never run"
@@ -492,20 +492,27 @@ async def _status(config: AppConfig) -> int:
                 line += (
                     f"last run #{last.id} {when} {last.status} (exit {last.exit_code}),"
                     f" {last.transfers} transferred, {last.errors} error(s)"
+                    + (f" - {last.message}" if last.message else "")
                 )
             if job.schedule:
                 due = croniter(job.schedule, datetime.now()).get_next(datetime)
                 line += f"; next due {due:%Y-%m-%d %H:%M} ({job.schedule})"
             print(line)
-            counts = await db.item_counts(job.name)
-            if counts:
-                print(
-                    "    items: "
-                    + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-                )
-            for key, attempts, error in await db.failed_items(job.name, limit=10):
-                print(f"    failed x{attempts}: {key}: {error}")
+            if last is not None:
+                await _print_run_items(db, job.name, last.id)
     return EXIT_DONE
+
+
+async def _print_run_items(db: StateDB, job: str, run_id: int) -> None:
+    """Print what one run did to items and what failed in it, at most 10 lines of each."""
+    counts = await db.item_counts(job, run_id)
+    if counts:
+        print("    items: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    for issue in await db.run_issues(run_id, limit=10):
+        detail = f" ({issue.detail})" if issue.detail else ""
+        print(f"    ! {issue.kind}: {issue.path}{detail}")
+    for key, attempts, error in await db.failed_items(job, limit=10, run_id=run_id):
+        print(f"    failed x{attempts}: {key}: {error}")
 
 
 async def _history(config: AppConfig, job: str | None, limit: int) -> int:

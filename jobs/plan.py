@@ -32,7 +32,7 @@ import structlog
 
 from jobs.filters import Filter
 from jobs.spec import JobSpec
-from jobs.state import DST, SRC, PlanRow, ScanRow, StateDB
+from jobs.state import DST, SRC, PlanRow, RunIssue, ScanRow, StateDB
 from transfer import (
     FerryError,
     ListingInconsistent,
@@ -512,10 +512,29 @@ async def plan_job(
     """List both sides of ``job`` into the state database and store the run's plan.
 
     A failed listing is recorded as an issue with ``listing_complete = False`` and nothing is
-    planned, so no missing item is ever inferred from it.
+    planned, so no missing item is ever inferred from it. The errors among the issues and the
+    ``fail`` decisions are also stored as the run's issues, which outlive its plan.
     """
     summary = PlanSummary()
-    filt = _job_filter(job, now())
+    upload = job.target.is_remote
+    await _list_sides(db, run_id, job, drive, _job_filter(job, now()), summary)
+    if summary.listing_complete:
+        planner = _Planner(db, run_id, await db.job_id(job.name), job, upload)
+        planner.case_clashes = await db.case_clashes(run_id)
+        await _decide_all(db, run_id, planner)
+        await planner.flush()
+        await db.keep_plan_failures(run_id)
+        summary.actions = await db.plan_summary(run_id)
+    errors = [RunIssue(i.path, i.kind, i.detail) for i in summary.issues if i.error]
+    await db.add_issues(run_id, errors)
+
+    return summary
+
+
+async def _list_sides(
+    db: StateDB, run_id: int, job: JobSpec, drive: RemoteLister, filt: Filter, summary: PlanSummary
+) -> None:
+    """Check both roots, then store both listings; problems go into ``summary``."""
     upload = job.target.is_remote
     local = Path(job.source.path if upload else job.target.path)
     remote = job.target.path if upload else job.source.path
@@ -532,7 +551,7 @@ async def plan_job(
             summary, DST if upload else SRC, remote, entry is not None, bool(entry and entry.is_dir)
         )
         if not (local_ok and remote_ok):
-            return summary
+            return
         if upload:
             await scan_local(db, run_id, SRC, local, filt, job.follow_symlinks, summary)
             await scan_remote(db, run_id, DST, drive, remote, filt)
@@ -548,16 +567,6 @@ async def plan_job(
         log.error("listing_failed", error=str(exc), error_type=type(exc).__name__)
         summary.issues.append(WalkIssue("", "listing_failed", str(exc), True))
         summary.listing_complete = False
-    if not summary.listing_complete:
-        return summary
-
-    planner = _Planner(db, run_id, await db.job_id(job.name), job, upload)
-    planner.case_clashes = await db.case_clashes(run_id)
-    await _decide_all(db, run_id, planner)
-    await planner.flush()
-    summary.actions = await db.plan_summary(run_id)
-
-    return summary
 
 
 async def _decide_all(db: StateDB, run_id: int, planner: _Planner) -> None:

@@ -30,6 +30,7 @@ from transfer import SavedUpload
 __all__ = [
     "ItemOutcome",
     "PlanRow",
+    "RunIssue",
     "RunRecord",
     "ScanRow",
     "SqliteJournal",
@@ -125,6 +126,15 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE items ADD COLUMN remote_mtime_ns INTEGER NOT NULL DEFAULT 0;
     """,
+    """
+    CREATE TABLE run_issues (
+        run_id INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX run_issues_run ON run_issues(run_id);
+    """,
 )
 
 SRC = 0
@@ -186,6 +196,15 @@ class ItemOutcome:
     hash: str = ""
     remote_id: str = ""
     remote_mtime_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RunIssue:
+    """A problem that failed part of a run before any transfer: a path, its kind, a detail."""
+
+    path: str
+    kind: str
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +353,16 @@ class StateDB:
             await self._conn.execute("DELETE FROM scan WHERE run_id = ?", (run_id,))
             await self._conn.execute("DELETE FROM plan WHERE run_id = ?", (run_id,))
 
+    async def last_run(self, job: str) -> RunRecord | None:
+        """Return the newest run of ``job`` that was not a dry run, or None."""
+        async with self._conn.execute(
+            _RUN_QUERY + " WHERE jobs.name = ? AND status != 'dry_run' ORDER BY runs.id DESC"
+            " LIMIT 1",
+            (job,),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else RunRecord(*row)
+
     async def run(self, run_id: int) -> RunRecord | None:
         """Return the run with id ``run_id``, or None."""
         async with self._conn.execute(_RUN_QUERY + " WHERE runs.id = ?", (run_id,)) as cursor:
@@ -352,12 +381,12 @@ class StateDB:
             rows = await cursor.fetchall()
         return [RunRecord(*row) for row in rows]
 
-    async def item_counts(self, job: str) -> dict[str, int]:
-        """Return how many items of ``job`` are in each status."""
+    async def item_counts(self, job: str, run_id: int | None = None) -> dict[str, int]:
+        """Return how many items of ``job`` are in each status (as last set by ``run_id``)."""
         async with self._conn.execute(
             "SELECT status, COUNT(*) FROM items JOIN jobs ON jobs.id = items.job_id"
-            " WHERE jobs.name = ? GROUP BY status",
-            (job,),
+            " WHERE jobs.name = ? AND (? IS NULL OR run_id = ?) GROUP BY status",
+            (job, run_id, run_id),
         ) as cursor:
             rows = await cursor.fetchall()
         return {str(status): int(count) for status, count in rows}
@@ -562,15 +591,46 @@ class StateDB:
             row = await cursor.fetchone()
         return None if row is None else (str(row[0]), str(row[1]), int(row[2]))
 
-    async def failed_items(self, job: str, limit: int = 20) -> list[tuple[str, int, str]]:
-        """Return ``(key, attempts, last_error)`` of the job's failed items."""
+    async def failed_items(
+        self, job: str, limit: int = 20, run_id: int | None = None
+    ) -> list[tuple[str, int, str]]:
+        """Return ``(key, attempts, last_error)`` of the job's failed items (of ``run_id``)."""
         async with self._conn.execute(
             "SELECT key, attempts, last_error FROM items JOIN jobs ON jobs.id = items.job_id"
-            " WHERE jobs.name = ? AND status = 'failed' ORDER BY key LIMIT ?",
-            (job, limit),
+            " WHERE jobs.name = ? AND status = 'failed' AND (? IS NULL OR run_id = ?)"
+            " ORDER BY key LIMIT ?",
+            (job, run_id, run_id, limit),
         ) as cursor:
             rows = await cursor.fetchall()
         return [(str(k), int(a), str(e)) for k, a, e in rows]
+
+    # run issues
+
+    async def add_issues(self, run_id: int, issues: Sequence[RunIssue]) -> None:
+        """Store problems found while planning the run."""
+        async with self._write():
+            await self._conn.executemany(
+                "INSERT INTO run_issues(run_id, path, kind, detail) VALUES (?, ?, ?, ?)",
+                [(run_id, i.path, i.kind, i.detail) for i in issues],
+            )
+
+    async def keep_plan_failures(self, run_id: int) -> None:
+        """Store the run's ``fail`` decisions as issues, which outlive the plan."""
+        async with self._write():
+            await self._conn.execute(
+                "INSERT INTO run_issues(run_id, path, kind, detail) SELECT run_id, key, reason, ''"
+                " FROM plan WHERE run_id = ? AND action = 'fail' ORDER BY seq",
+                (run_id,),
+            )
+
+    async def run_issues(self, run_id: int, limit: int = 20) -> list[RunIssue]:
+        """Return the issues stored for a run, in the order they were found."""
+        async with self._conn.execute(
+            "SELECT path, kind, detail FROM run_issues WHERE run_id = ? ORDER BY rowid LIMIT ?",
+            (run_id, limit),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [RunIssue(str(p), str(k), str(d)) for p, k, d in rows]
 
     # server tasks
 

@@ -1,16 +1,31 @@
-"""The ``ferry`` process itself: how it ends when its output or its start-up is cut short.
+"""The ``ferry`` commands without a server: status output, and how the process ends when its
+output or its start-up is cut short.
 
-These start ``python -m jobs`` as a real process (about 1.5 s each); none needs a server.
+Tests of the process start ``python -m jobs`` for real (about 1.5 s each); the others call
+:func:`jobs.cli.main` in-process with runs made against an in-memory drive.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 import pytest
+
+from jobs.cli import main
+from jobs.config import load_config
+from jobs.progress import LogReporter
+from jobs.scheduler import DriveLike, DriveOptions, Interrupt, run_job
+from jobs.spec import JobSpec
+from jobs.state import StateDB
+from tests.jobs.fakes import FakeDrive
+from transfer import ServerError
 
 CONFIG = """\
 [remotes.home]
@@ -52,3 +67,43 @@ def test_closed_stdout_exits_141_quietly(tmp_path: Path, command: str) -> None:
     config.write_text(CONFIG)
     done = ferry_into_closed_pipe(command, str(config))
     assert (done.returncode, done.stderr.decode()) == (141, "")
+
+
+def run_once(config: Path, drive: FakeDrive) -> int:
+    """Run the config's only job against ``drive`` and return its exit code."""
+    job = load_config(config, config.parent).jobs[0]
+
+    @asynccontextmanager
+    async def connect(_: JobSpec, __: DriveOptions) -> AsyncIterator[DriveLike]:
+        yield drive
+
+    async def go() -> int:
+        async with StateDB.open(config.parent / "state" / "state.db") as db:
+            outcome = await run_job(db, job, connect, reporter=LogReporter(), interrupt=Interrupt())
+        return outcome.exit_code
+
+    return anyio.run(go)
+
+
+def test_status_describes_the_last_run_not_older_failures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a run with failed uploads, a run stopped by a missing source is what status shows."""
+    config = tmp_path / "ferry.toml"
+    config.write_text(CONFIG)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(b"a")
+    drive = FakeDrive()
+    drive.folders.add("/backup")
+    drive.fail_paths["/backup/a.jpg"] = ServerError(500, -1, "boom")
+    assert run_once(config, drive) == 1
+    assert main(["status", str(config)]) == 0
+    assert "failed x1: a.jpg: ServerError" in capsys.readouterr().out
+
+    shutil.rmtree(tmp_path / "photos")
+    assert run_once(config, drive) == 1
+    assert main(["status", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "partial (exit 1), 0 transferred, 1 error(s) - 1 item(s) failed" in out
+    assert f"! missing_source: {tmp_path / 'photos'} (does not exist)" in out
+    assert "a.jpg" not in out

@@ -251,3 +251,22 @@ async def test_name_not_utf8_in_a_download_target_fails_only_a_mirror(tmp_path: 
     mirror = JobSpec.model_validate({**base, "name": "m", "kind": "sync", "mode": "mirror"})
     summary, _ = await plan(tmp_path, mirror, drive)
     assert [(i.path, i.error) for i in summary.issues] == [("bad\\xffutf8.txt", True)]
+
+
+async def test_plan_errors_and_fail_decisions_are_stored_as_run_issues(tmp_path: Path) -> None:
+    """Failed decisions and walk errors outlive the plan as the run's issues; warnings do not."""
+    local_tree(
+        tmp_path / "src", {"S\u00e9ance.flac": b"a", "Se\u0301ance.flac": b"b", BAD_NAME: b""}
+    )
+    (tmp_path / "src" / "link").symlink_to("nowhere")
+    job = upload_job(tmp_path)
+    async with StateDB.open(tmp_path / "state.db") as db:
+        run_id = await db.start_run(await db.job_id(job.name))
+        await plan_job(db, run_id, job, FakeDrive(), now=time.time)
+        await db.finish_run(run_id, status="partial", exit_code=1, counts={})
+        issues = await db.run_issues(run_id)
+    assert [(i.kind, i.path) for i in issues] == [
+        ("nfc_collision", "S\u00e9ance.flac"),
+        ("nfc_collision", "S\u00e9ance.flac"),
+        ("undecodable_name", "bad\\xffutf8.txt"),
+    ]
