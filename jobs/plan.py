@@ -48,6 +48,7 @@ __all__ = [
     "RemoteLister",
     "WalkIssue",
     "display_path",
+    "drive_name_problem",
     "entry_for",
     "key_of",
     "plan_job",
@@ -67,6 +68,9 @@ file's time.
 """
 
 _BATCH = 1000
+# The drive refuses names with these characters or longer than 255 UTF-8 bytes (error 40052).
+_DRIVE_FORBIDDEN = frozenset('\\:*?"<>|')
+_DRIVE_NAME_MAX_BYTES = 255
 
 
 class RemoteLister(Protocol):
@@ -125,6 +129,18 @@ def _is_utf8(name: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def drive_name_problem(rel: str) -> str:
+    """Say why the drive would refuse a name in the relative path ``rel``; "" if it would not."""
+    for name in rel.split("/"):
+        bad = "".join(sorted(set(name) & _DRIVE_FORBIDDEN))
+        if bad:
+            return f"{name!r} contains {bad!r}"
+        size = len(name.encode("utf-8"))
+        if size > _DRIVE_NAME_MAX_BYTES:
+            return f"{name[:20]!r}... is {size} bytes long, the limit is {_DRIVE_NAME_MAX_BYTES}"
+    return ""
 
 
 def _row(rel: str, path: str, is_dir: bool, size: int, mtime_ns: int, **extra: str) -> ScanRow:
@@ -373,6 +389,11 @@ class _Planner:
             target = self.target_path(key)
         except UnsafeName as exc:
             await self.add("fail", src, "", f"unsafe_name: {exc}")
+            return
+        problem = drive_name_problem(key) if self.upload else ""
+        if problem:
+            log.error("name_rejected", path=src.path, reason="invalid_remote_name", detail=problem)
+            await self.add("fail", src, target, f"invalid_remote_name: {problem}")
             return
         if not dsts:
             await self.decide_new(src, target)

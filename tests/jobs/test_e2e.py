@@ -376,3 +376,23 @@ target = "emu:/backup/a.txt"
             assert done.returncode == 1, done.stderr.decode()
             assert b" 1 failed, " in done.stdout
             assert done.stdout.rstrip().endswith(b" - 1 item(s) failed")
+
+
+async def test_names_the_drive_refuses_are_failed_by_the_plan_not_sent(tmp_path: Path) -> None:
+    """A name with ':' shows as a failed plan item and is never uploaded; the rest is, exit 1."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a:b.txt").write_bytes(b"colon")
+    (src / "fine.txt").write_bytes(b"fine")
+    async with emulator(tmp_path) as emu:
+        config = write_config(tmp_path, emu.url, UPLOAD)
+        plan = await ferry(config, "plan", "--job", "up")
+        assert plan.returncode == 1, plan.stderr.decode()
+        assert b"a:b.txt -> /backup/a:b.txt [invalid_remote_name: 'a:b.txt' contains ':']" in (
+            plan.stdout
+        )
+        done = await ferry(config, "run")
+        assert done.returncode == 1, done.stderr.decode()
+        assert b" 1 failed, " in done.stdout
+        assert emu.requests.count("PUT", "/api/v4/file/upload") == 1
+        assert emu.file(EMAIL, "/backup/fine.txt") is not None

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from jobs.filters import Filter
-from jobs.plan import PlanSummary, WalkIssue, plan_job, walk_local
+from jobs.plan import PlanSummary, WalkIssue, drive_name_problem, plan_job, walk_local
 from jobs.spec import JobSpec
 from jobs.state import PlanRow, ScanRow, StateDB
 from tests.jobs.fakes import FakeDrive
@@ -270,3 +270,29 @@ async def test_plan_errors_and_fail_decisions_are_stored_as_run_issues(tmp_path:
         ("nfc_collision", "S\u00e9ance.flac"),
         ("undecodable_name", "bad\\xffutf8.txt"),
     ]
+
+
+async def test_names_the_drive_refuses_fail_in_the_plan_for_uploads_only(tmp_path: Path) -> None:
+    """Names with \\ : * ? " < > | fail up front with invalid_remote_name; downloads keep them."""
+    names = ["a:b.txt", 'q"x.txt', "back\\slash", "d?r/in.txt", "ok.txt"]
+    local_tree(tmp_path / "src", dict.fromkeys(names, b"x"))
+    summary, rows = await plan(tmp_path, upload_job(tmp_path), FakeDrive())
+    fails = {r.key: (r.dst, r.reason) for r in rows if r.action == "fail"}
+    assert by_action(rows)["copy"] == ["ok.txt"]
+    assert sorted(fails) == ["a:b.txt", "back\\slash", "d?r", "d?r/in.txt", 'q"x.txt']
+    assert fails["d?r/in.txt"] == ("/t/d?r/in.txt", "invalid_remote_name: 'd?r' contains '?'")
+    assert summary.errors == 5
+
+    drive = FakeDrive()
+    drive.put("/t/a:b.txt", b"x")
+    job = JobSpec.model_validate(
+        {"name": "d", "kind": "download", "source": "r:/t", "target": str(tmp_path / "dst")}
+    )
+    _, rows = await plan(tmp_path, job, drive)
+    assert by_action(rows) == {"copy": ["a:b.txt"]}
+
+
+def test_drive_names_longer_than_255_utf8_bytes_are_refused() -> None:
+    """The limit counts UTF-8 bytes, not characters, in every component."""
+    assert drive_name_problem("d/" + "\u00e9" * 127) == ""
+    assert "256 bytes long" in drive_name_problem("\u00e9" * 128 + "/f.txt")
