@@ -38,7 +38,7 @@ from croniter import croniter
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from jobs.config import AppConfig, load_config
-from jobs.errors import ConfigError, JobLocked, SecretError
+from jobs.errors import ConfigError, ConfigIssue, JobLocked, SecretError
 from jobs.plan import plan_job
 from jobs.progress import LogReporter, Reporter, RichReporter
 from jobs.scheduler import (
@@ -154,7 +154,7 @@ def _command(argv: Sequence[str] | None) -> int:
         return anyio.run(_run, config, remotes, jobs, args)
     except ConfigError as exc:
         for issue in exc.issues:
-            print(f"ferry: config error: {issue}", file=sys.stderr)
+            print(f"ferry: config error: {_issue_text(issue)}", file=sys.stderr)
         return EXIT_USAGE
     except SecretError as exc:
         print(f"ferry: secret error: {exc.issue}", file=sys.stderr)
@@ -165,6 +165,14 @@ def _command(argv: Sequence[str] | None) -> int:
         # The state folder or database is unusable (permissions, a file in the way, disk full).
         print(f"ferry: state error in {args.config}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _issue_text(issue: ConfigIssue) -> str:
+    """Show an issue as ``file:line: key: message``, or ``file: message`` for the whole file."""
+    # Problems with the file itself (it cannot be read) have line 0 and no key.
+    if issue.line == 0:
+        return f"{issue.file}: {issue.message}"
+    return str(issue)
 
 
 def _default_state_dir() -> Path:
@@ -286,10 +294,11 @@ def _secret(config: AppConfig, name: str, spec: RemoteSpec) -> str:
 
 
 def _env_secret(config: AppConfig, remote: str, key: str, variable: str) -> str:
-    value = os.environ.get(variable, "")
+    value = os.environ.get(variable)
     if not value:
+        state = "is not set" if value is None else "is empty"
         raise SecretError(
-            config.issue(("remotes", remote, key), f"environment variable {variable} is not set")
+            config.issue(("remotes", remote, key), f"environment variable {variable} {state}")
         )
     return value
 

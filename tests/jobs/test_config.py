@@ -224,3 +224,25 @@ async def test_due_runs_a_scheduled_job_once_per_slot(tmp_path: Path) -> None:
     conn.close()
     async with StateDB.open(tmp_path / "s.db") as db:
         assert await _is_due(db, scheduled, datetime.now())
+
+
+def test_unreadable_config_file_names_the_file_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing config file is "FILE: cannot read: ...", with no made-up line or key."""
+    missing = tmp_path / "missing.toml"
+    assert main(["validate", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ferry: config error: {missing}: cannot read: "), err
+    assert ":0:" not in err
+    assert "(file)" not in err
+
+
+def test_empty_password_env_is_reported_as_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A password variable that is set but empty is reported as empty, not as unset."""
+    monkeypatch.setenv("FERRY_TEST_PASSWORD", "")
+    assert main(["run", str(write(tmp_path, GOOD)), "--job", "photos"]) == 2
+    err = capsys.readouterr().err
+    assert "environment variable FERRY_TEST_PASSWORD is empty" in err, err
