@@ -784,19 +784,7 @@ class Store:
             raise ApiError(errors.NO_PERMISSION, "Not supported action")
         parent_path, name = parent_of(parse_uri(uri).path)
         parent = self.resolve(item.owner_id, parent_path)
-        if self.child(parent.id, name) is not None:
-            raise ApiError(errors.OBJECT_EXIST, "Object existed")
-        with self.tx() as db:
-            db.execute(
-                "UPDATE files SET parent_id=?, name=?, trashed=0 WHERE id=?",
-                (parent.id, name, item.id),
-            )
-            db.execute(
-                "DELETE FROM metadata WHERE file_id=? AND key IN"
-                " ('sys:restore_uri', 'sys:expected_collect_time')",
-                (item.id,),
-            )
-        return self.file(item.id)
+        return self._untrash(item, parent, name)
 
     def untrash_into(self, item: FileRow, dst: FileRow) -> FileRow:
         """Move a trash item into folder ``dst`` under its original name (trash -> my move)."""
@@ -806,12 +794,16 @@ class Store:
             if meta.get("sys:restore_uri")
             else item.name
         )
-        if self.child(dst.id, name) is not None:
+        return self._untrash(item, dst, name)
+
+    def _untrash(self, item: FileRow, parent: FileRow, name: str) -> FileRow:
+        """Move a trash item into ``parent`` as ``name`` and drop its trash metadata."""
+        if self.child(parent.id, name) is not None:
             raise ApiError(errors.OBJECT_EXIST, "Object existed")
         with self.tx() as db:
             db.execute(
                 "UPDATE files SET parent_id=?, name=?, trashed=0 WHERE id=?",
-                (dst.id, name, item.id),
+                (parent.id, name, item.id),
             )
             db.execute(
                 "DELETE FROM metadata WHERE file_id=? AND key IN"
