@@ -15,12 +15,33 @@ This is the only module that prints, reads the environment, or configures struct
 ====  ==========================================================
 """
 
+# ruff: noqa: E402 - the imports below the SIGINT handler are meant to run after it is set.
+
 from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+
+def _exit_interrupted(signum: int, _: FrameType | None) -> None:
+    """Exit with 128 + ``signum`` and no traceback."""
+    raise SystemExit(128 + signum)
+
+
+# Loading the modules below takes about a second; a Ctrl-C meanwhile exits 130 without a
+# traceback. Python's own handler returns once they are loaded, and main() handles later ones.
+# An ignored SIGINT stays ignored; handlers can only be set on the main thread.
+_QUIET_SIGINT = (
+    threading.current_thread() is threading.main_thread()
+    and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+)
+if _QUIET_SIGINT:
+    signal.signal(signal.SIGINT, _exit_interrupted)
 
 import argparse
 import logging
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -58,6 +79,9 @@ from jobs.scheduler import (
 from jobs.spec import JobSpec, RemoteSpec
 from jobs.state import StateDB
 from transfer import AuthError, Drive, FerryError, PacerConfig, RemoteConfig, TransferConfig
+
+if _QUIET_SIGINT:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 __all__ = ["main"]
 
@@ -116,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Output still buffered for a pipe is written here, where a closed pipe is handled,
         # rather than at interpreter exit.
         sys.stdout.flush()
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
     except BrokenPipeError:
         return _stdout_closed()
     except BaseExceptionGroup as group:

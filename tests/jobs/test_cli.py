@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import psutil
 import pytest
 
 from jobs.cli import main
@@ -107,3 +110,63 @@ def test_status_describes_the_last_run_not_older_failures(
     assert "partial (exit 1), 0 transferred, 1 error(s) - 1 item(s) failed" in out
     assert f"! missing_source: {tmp_path / 'photos'} (does not exist)" in out
     assert "a.jpg" not in out
+
+
+# Runs `python -m jobs` with one import made slow: finding croniter, which jobs.cli loads after
+# anyio and structlog, announces itself on stdout and then takes 30 s.
+SLOW_IMPORT = """
+import runpy, sys, time
+
+class SlowCroniter:
+    def find_spec(self, name, path, target=None):
+        if name == "croniter":
+            print("importing", flush=True)
+            time.sleep(30)
+        return None
+
+sys.meta_path.insert(0, SlowCroniter())
+runpy.run_module("jobs", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_sigint_while_modules_load_exits_130_without_a_traceback(tmp_path: Path) -> None:
+    """Ctrl-C while the modules are still importing exits 130 quietly."""
+    config = tmp_path / "ferry.toml"
+    config.write_text(CONFIG)
+    with subprocess.Popen(
+        [sys.executable, "-c", SLOW_IMPORT, "validate", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        assert proc.stdout.readline() == b"importing\n"
+        proc.send_signal(signal.SIGINT)
+        err = proc.stderr.read()
+        assert proc.wait(timeout=60) == 130, err.decode()
+    assert err == b""
+
+
+def test_sigint_before_the_run_starts_exits_130_without_a_traceback(tmp_path: Path) -> None:
+    """Ctrl-C while password_command runs (before any run is recorded) exits 130 quietly."""
+    config = tmp_path / "ferry.toml"
+    config.write_text(
+        CONFIG.replace(
+            'password_env = "FERRY_CLI_TEST_PASSWORD"', 'password_command = ["sleep", "30"]'
+        )
+    )
+    with subprocess.Popen(
+        [sys.executable, "-m", "jobs", "run", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        ferry = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 60
+        while not any(child.name() == "sleep" for child in ferry.children()):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        assert proc.wait(timeout=60) == 130
+    assert b"Traceback" not in err
