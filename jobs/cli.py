@@ -60,7 +60,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from jobs.config import AppConfig, load_config
 from jobs.errors import ConfigError, ConfigIssue, JobLocked, SecretError
-from jobs.plan import plan_job
+from jobs.plan import display_path, plan_job
 from jobs.progress import LogReporter, Reporter, RichReporter
 from jobs.scheduler import (
     EXIT_AUTH,
@@ -244,12 +244,17 @@ def _redactor(secrets: MutableSet[str]) -> Processor:
 
 
 def _validate(config: AppConfig) -> int:
-    print(f"{config.file}: OK, {len(config.remotes)} remote(s), {len(config.jobs)} job(s)")
+    print(f"{_shown(config.file)}: OK, {len(config.remotes)} remote(s), {len(config.jobs)} job(s)")
     for job in config.jobs:
         mode = f" ({job.mode})" if job.kind == "sync" else ""
-        print(f"  {job.name}: {job.kind}{mode} {job.source} -> {job.target}")
-    print(f"  state: {config.state_dir}")
+        print(f"  {job.name}: {job.kind}{mode} {_shown(job.source)} -> {_shown(job.target)}")
+    print(f"  state: {_shown(config.state_dir)}")
     return EXIT_DONE
+
+
+def _shown(path: object) -> str:
+    """Return a local path as printable text (bytes that are not UTF-8 appear as ``\\xff``)."""
+    return display_path(str(path))
 
 
 def _select_jobs(config: AppConfig, names: Sequence[str]) -> list[JobSpec]:
@@ -401,7 +406,7 @@ async def _plan_locked(config: AppConfig, connect: _Connector, job: JobSpec, lim
 async def _print_plan(
     db: StateDB, run_id: int, job: JobSpec, actions: dict[str, tuple[int, int]], limit: int
 ) -> None:
-    print(f"plan for job {job.name}: {job.source} -> {job.target}")
+    print(f"plan for job {job.name}: {_shown(job.source)} -> {_shown(job.target)}")
     for action in ("copy", "mkdir", "delete", "skip", "fail"):
         count, size = actions.get(action, (0, 0))
         print(f"  {action:7s} {count:8d} item(s) {_human(size):>12s}")

@@ -564,7 +564,7 @@ async def _list_sides(
         local_ok = _root_usable(
             summary,
             SRC if upload else DST,
-            str(local),
+            display_path(str(local)),
             await anyio.Path(local).exists(),
             await anyio.Path(local).is_dir(),
         )

@@ -20,6 +20,7 @@ from pathlib import Path
 import anyio
 import psutil
 import pytest
+from structlog.testing import capture_logs
 
 from jobs.cli import main
 from jobs.config import load_config
@@ -85,7 +86,8 @@ def run_once(config: Path, drive: FakeDrive) -> int:
             outcome = await run_job(db, job, connect, reporter=LogReporter(), interrupt=Interrupt())
         return outcome.exit_code
 
-    return anyio.run(go)
+    with capture_logs():
+        return anyio.run(go)
 
 
 def test_status_describes_the_last_run_not_older_failures(
@@ -170,3 +172,27 @@ def test_sigint_before_the_run_starts_exits_130_without_a_traceback(tmp_path: Pa
         err = proc.stderr.read()
         assert proc.wait(timeout=60) == 130
     assert b"Traceback" not in err
+
+
+def test_local_roots_not_utf8_are_shown_escaped_everywhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A config folder named with a non-UTF-8 byte: its paths print and store as ``\\xfe``."""
+    folder = tmp_path / os.fsdecode(b"b\xfed")
+    folder.mkdir()
+    config = folder / "ferry.toml"
+    config.write_text(CONFIG)
+    assert run_once(config, FakeDrive()) == 1
+    assert main(["status", str(config)]) == 0
+    assert (
+        f"! missing_source: {tmp_path}/b\\xfed/photos (does not exist)" in capsys.readouterr().out
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs", "validate", str(config)],
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"b\\xfed/photos -> home:/backup" in done.stdout
