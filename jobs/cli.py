@@ -458,10 +458,10 @@ async def _is_due(db: StateDB, job: JobSpec, now: datetime) -> bool:
     """True when ``job`` has no schedule, never ran, or its next slot after the last run passed."""
     if job.schedule is None:
         return True
-    runs = [r for r in await db.runs(job.name, limit=20) if r.status != "dry_run"]
-    if not runs:
+    last = await db.last_run(job.name)
+    if last is None:
         return True
-    due = croniter(job.schedule, datetime.fromtimestamp(runs[0].started_at)).get_next(datetime)
+    due = croniter(job.schedule, datetime.fromtimestamp(last.started_at)).get_next(datetime)
     if due > now:
         structlog.get_logger().info("job_not_due", job_id=job.name, next_due=due.isoformat())
         return False

@@ -246,3 +246,22 @@ def test_empty_password_env_is_reported_as_empty(
     assert main(["run", str(write(tmp_path, GOOD)), "--job", "photos"]) == 2
     err = capsys.readouterr().err
     assert "environment variable FERRY_TEST_PASSWORD is empty" in err, err
+
+
+@pytest.mark.anyio
+async def test_due_looks_past_any_number_of_dry_runs(tmp_path: Path) -> None:
+    """--due: a job that just ran is not due, however many `ferry plan` runs came after."""
+    from datetime import datetime
+
+    from jobs.cli import _is_due
+    from jobs.state import StateDB
+
+    scheduled = load_config(write(tmp_path, GOOD), tmp_path).jobs[0]
+    async with StateDB.open(tmp_path / "s.db") as db:
+        job_id = await db.job_id(scheduled.name)
+        run = await db.start_run(job_id)
+        await db.finish_run(run, status="done", exit_code=0, counts={})
+        for _ in range(25):
+            dry = await db.start_run(job_id)
+            await db.finish_run(dry, status="dry_run", exit_code=0, counts={})
+        assert not await _is_due(db, scheduled, datetime.now())
