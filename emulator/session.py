@@ -31,6 +31,12 @@ _TWO_FA_TTL = 600
 _USER_KEY = web.RequestKey("emulator_user", tuple)
 
 
+class _Totp(pyotp.TOTP):
+    """TOTP that accepts any secret length, as the real server's OTP library does."""
+
+    min_secret_length_bits = 0
+
+
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
@@ -249,7 +255,7 @@ async def sign_in_2fa(request: web.Request) -> web.Response:
     if user_id is None:
         raise ApiError(errors.NOT_FOUND, "Session not found")
     user = st.store.user(int(user_id))
-    if not pyotp.TOTP(user.totp_secret).verify(otp, for_time=int(st.clock.now()), valid_window=1):
+    if not _Totp(user.totp_secret).verify(otp, for_time=int(st.clock.now()), valid_window=1):
         raise ApiError(errors.TWO_FA_CODE_ERR, "Incorrect 2FA code")
     st.store.kv_delete(f"user_2fa_{session_id}")
     return ok({"user": user_json(st, user), "token": issue_tokens(st, user)})

@@ -124,6 +124,18 @@ def _strip_query(url: str) -> str:
     return base
 
 
+class _ClientTotp(pyotp.TOTP):
+    """TOTP that accepts any secret length: the server issued the secret, the client cannot
+    choose a stronger one, so pyotp's 112-bit minimum for new secrets does not apply."""
+
+    min_secret_length_bits = 0
+
+
+def _normalise_totp_secret(secret: str) -> str:
+    """Return ``secret`` as authenticator apps accept it: no spaces or dashes, upper case."""
+    return "".join(secret.split()).replace("-", "").upper()
+
+
 class DriveClient:
     """The API of one Cloudreve v4 remote; use as ``async with DriveClient(...) as client``.
 
@@ -472,7 +484,18 @@ class DriveClient:
                 challenge.url,
             ) from challenge
         session_id = challenge.data if isinstance(challenge.data, str) else ""
-        otp = pyotp.TOTP(self.remote.totp_secret).at(self._clock())
+        try:
+            otp = _ClientTotp(_normalise_totp_secret(self.remote.totp_secret)).at(self._clock())
+        except (ValueError, binascii.Error) as exc:
+            # The message names the problem, never the secret.
+            raise AuthError(
+                challenge.status,
+                challenge.code,
+                "the configured TOTP secret is not valid base32",
+                challenge.request_id,
+                challenge.method,
+                challenge.url,
+            ) from exc
         try:
             return await self._auth_pacer.call(
                 lambda: self._api_once(

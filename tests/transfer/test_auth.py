@@ -211,3 +211,27 @@ async def test_s2_1_s6_4_no_token_to_refresh_storage_or_slave(tmp_path: Path) ->
     for headers in slave:
         assert headers["Authorization"].startswith("Bearer Cr ")
         assert not [k for k in headers if k.lower().startswith("x-cr-")]
+
+
+@pytest.mark.anyio
+async def test_s2_1_short_grouped_totp_secret_signs_in(tmp_path: Path) -> None:
+    """An 80-bit secret written in groups, lower case, as apps show it, still signs in."""
+    secret = "JBSWY3DPEHPK3PXP"
+    grouped = "jbsw y3dp-ehpk 3pxp"
+    async with running_emulator(tmp_path, totp_secrets={"admin@example.com": secret}) as emu:
+        remote = remote_config(emu, "admin@example.com", totp_secret=grouped)
+        async with connected(emu, tmp_path, remote=remote) as drive:
+            assert (await drive.capacity()).total > 0
+
+
+@pytest.mark.anyio
+async def test_s2_1_invalid_totp_secret_is_a_typed_auth_error(tmp_path: Path) -> None:
+    """A secret that is not base32 is a fatal AuthError naming the problem, not the secret."""
+    secret = pyotp.random_base32()
+    async with running_emulator(tmp_path, totp_secrets={"admin@example.com": secret}) as emu:
+        remote = remote_config(emu, "admin@example.com", totp_secret="not base32!!")
+        with pytest.raises(AuthError, match="not valid base32") as info:
+            async with connected(emu, tmp_path, remote=remote):
+                pass
+    assert info.value.fatal
+    assert "base32!!" not in str(info.value)
