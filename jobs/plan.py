@@ -11,7 +11,9 @@ Decisions, per key:
   overwrite, so the other spelling is never replaced);
 * both sides: ``skip`` when equal under ``compare``; otherwise ``on_conflict`` decides: a copy
   as a new version (overwrite), a copy under ``name (1).ext`` (rename), ``skip`` or ``fail``;
-* target only: ``delete`` in mirror mode (the top-most folder only), else nothing;
+* target only: ``delete`` in mirror mode, else nothing. A folder is deleted whole (one row
+  standing for every file below it, counted as such against ``max_delete``) only when
+  everything below it is deleted too; otherwise it stays and only what lies below is decided;
 * two source spellings of one key (NFC vs NFD): ``fail`` for both (a collision).
 """
 
@@ -22,7 +24,7 @@ import os
 import stat
 import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -143,9 +145,19 @@ def drive_name_problem(rel: str) -> str:
     return ""
 
 
-def _row(rel: str, path: str, is_dir: bool, size: int, mtime_ns: int, **extra: str) -> ScanRow:
+def _row(
+    rel: str,
+    path: str,
+    is_dir: bool,
+    size: int,
+    mtime_ns: int,
+    *,
+    remote_id: str = "",
+    uri: str = "",
+    kept: bool = False,
+) -> ScanRow:
     key = key_of(rel)
-    return ScanRow(key, key.casefold(), path, is_dir, size, mtime_ns, **extra)
+    return ScanRow(key, key.casefold(), path, is_dir, size, mtime_ns, remote_id, uri, kept)
 
 
 def walk_local(
@@ -335,7 +347,6 @@ class _Planner:
         self.upload = upload
         self.seq = 0
         self.rows: list[PlanRow] = []
-        self.deleted_dirs: set[str] = set()
         self.case_clashes: set[str] = set()
 
     def target_path(self, key: str) -> str:
@@ -362,6 +373,7 @@ class _Planner:
                 reason,
                 row.remote_id,
                 row.uri,
+                is_dir=row.is_dir,
             )
         )
         self.seq += 1
@@ -382,7 +394,7 @@ class _Planner:
                 await self.add("fail", src, "", "nfc_collision")
             return
         if not srcs:
-            await self.decide_orphan(key, dsts[0])
+            await self.decide_orphans(dsts)
             return
         src = srcs[0]
         try:
@@ -491,20 +503,38 @@ class _Planner:
                     return "copy", self.target_path(name)
         raise RuntimeError(f"no free rename target for {src.key!r}")
 
-    async def decide_orphan(self, key: str, dst: ScanRow) -> None:
-        """A key only the target has: delete it in mirror mode, once per top-most folder."""
+    async def decide_orphans(self, dsts: list[ScanRow]) -> None:
+        """Entries only the target has: in mirror mode, delete each file; a folder is only a
+        candidate (``rmdir``) until :func:`_settle_folders` has seen what lies below it."""
         if self.job.mode != "mirror":
             return
-        parent = key.rpartition("/")[0]
-        while parent:
-            if parent in self.deleted_dirs:
-                if dst.is_dir:
-                    self.deleted_dirs.add(key)
-                return
-            parent = parent.rpartition("/")[0]
-        if dst.is_dir:
-            self.deleted_dirs.add(key)
-        await self.add("delete", dst, dst.path, "not_in_source")
+        for dst in dsts:
+            await self.add("rmdir" if dst.is_dir else "delete", dst, dst.path, "not_in_source")
+
+
+async def _settle_folders(db: StateDB, run_id: int) -> None:
+    """Turn each ``rmdir`` candidate into one delete of the folder, or into nothing.
+
+    A folder is deleted whole when nothing of the source and nothing that stays at the target
+    lies below it; its row then stands for the files below it (one item for an empty folder)
+    and replaces their rows. Otherwise the folder stays, and the decisions below it stand.
+    Candidates come in key order, so a folder is settled before the folders inside it.
+    """
+    async for page in db.plan_pages(run_id, "rmdir"):
+        for candidate in page:
+            if await db.plan_row(run_id, candidate.seq) is None:
+                continue  # below a folder deleted whole
+            below = await db.subtree(run_id, candidate.key)
+            deleted = sum(below.actions.get(a, (0, 0))[0] for a in ("delete", "rmdir"))
+            if below.source_entries or deleted != below.target_entries:
+                await db.drop_plan_row(run_id, candidate.seq)
+                continue
+            files, size = below.actions.get("delete", (0, 0))
+            reason = f"not_in_source: folder, {files} file(s)"
+            folder = replace(
+                candidate, action="delete", size=size, reason=reason, items=max(files, 1)
+            )
+            await db.replace_subtree(run_id, folder)
 
 
 def _root_usable(summary: PlanSummary, side: int, path: str, exists: bool, is_dir: bool) -> bool:
@@ -544,6 +574,7 @@ async def plan_job(
         planner.case_clashes = await db.case_clashes(run_id)
         await _decide_all(db, run_id, planner)
         await planner.flush()
+        await _settle_folders(db, run_id)
         await db.keep_plan_failures(run_id)
         summary.actions = await db.plan_summary(run_id)
     errors = [RunIssue(i.path, i.kind, i.detail) for i in summary.issues if i.error]

@@ -502,7 +502,10 @@ async def _fingerprint(run: _Run, local: Path, remote: RemoteEntry) -> tuple[str
 
 
 async def _delete_phase(run: _Run, drive: DriveLike, summary: PlanSummary) -> None:
-    """Delete what the source lacks, only after an error-free run and within ``max_delete``."""
+    """Delete what the source lacks, only after an error-free run and within ``max_delete``.
+
+    ``max_delete`` counts items: a folder deleted whole counts every file below it.
+    """
     count = summary.actions.get("delete", (0, 0))[0]
     if count == 0:
         return
@@ -533,7 +536,7 @@ async def _delete_batch(run: _Run, drive: DriveLike, rows: list[PlanRow]) -> Non
         for row in rows:
             await run.record(row, "failed", str(exc))
         return
-    run.deletes += len(rows)
+    run.deletes += sum(row.items for row in rows)
     for row in rows:
         log.info("item_deleted", path=row.dst)
         await run.record(row, "deleted")
@@ -542,7 +545,8 @@ async def _delete_batch(run: _Run, drive: DriveLike, rows: list[PlanRow]) -> Non
 def _delete_local(root: Path, rows: list[PlanRow]) -> None:
     for row in rows:
         path = root / row.dst
-        if path.is_dir() and not path.is_symlink():
+        # Only a folder the plan deleted whole is removed with what it holds.
+        if row.is_dir and path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)

@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import anyio
@@ -35,6 +36,7 @@ __all__ = [
     "ScanRow",
     "SqliteJournal",
     "StateDB",
+    "Subtree",
 ]
 
 _MIGRATIONS: tuple[str, ...] = (
@@ -135,11 +137,21 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX run_issues_run ON run_issues(run_id);
     """,
+    """
+    ALTER TABLE scan ADD COLUMN kept INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE plan ADD COLUMN is_dir INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE plan ADD COLUMN items INTEGER NOT NULL DEFAULT 1;
+    CREATE INDEX plan_key ON plan(run_id, key);
+    """,
 )
 
 SRC = 0
 DST = 1
 _PAGE = 2000
+_PLAN_QUERY = (
+    "SELECT seq, action, key, src, dst, size, mtime_ns, overwrite, reason, remote_id, uri,"
+    " status, is_dir, items FROM plan"
+)
 _RUN_QUERY = (
     "SELECT runs.id, jobs.name, started_at, finished_at, status, exit_code, bytes, transfers,"
     " checks, errors, deletes, message FROM runs JOIN jobs ON jobs.id = runs.job_id"
@@ -149,7 +161,8 @@ _RUN_QUERY = (
 @dataclass(frozen=True, slots=True)
 class ScanRow:
     """One entry of a listing. ``key`` is the NFC relative path, ``fold`` its casefolded form,
-    ``path`` the spelling to use on that side (relative for local, absolute for a drive)."""
+    ``path`` the spelling to use on that side (relative for local, absolute for a drive).
+    ``kept`` marks an entry the job does not look at (filtered or skipped) but must not delete."""
 
     key: str
     fold: str
@@ -159,11 +172,16 @@ class ScanRow:
     mtime_ns: int
     remote_id: str = ""
     uri: str = ""
+    kept: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class PlanRow:
-    """One decided action of a run (``copy``, ``mkdir``, ``delete``, ``skip``, ``fail``)."""
+    """One decided action of a run (``copy``, ``mkdir``, ``delete``, ``skip``, ``fail``).
+
+    ``items`` is how many items the action stands for: the files below a deleted folder (one
+    for an empty folder), else one; ``size`` is then their total.
+    """
 
     seq: int
     action: str
@@ -177,6 +195,17 @@ class PlanRow:
     remote_id: str = ""
     uri: str = ""
     status: str = "pending"
+    is_dir: bool = False
+    items: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Subtree:
+    """What lies below one folder: entries of each listing and ``{action: (rows, bytes)}``."""
+
+    source_entries: int
+    target_entries: int
+    actions: dict[str, tuple[int, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +252,44 @@ class RunRecord:
     errors: int
     deletes: int
     message: str
+
+
+def _scan_row(r: Sequence[Any]) -> ScanRow:
+    """Build a :class:`ScanRow` from ``key, fold, path, is_dir, size, mtime_ns, remote_id, uri,
+    kept`` columns."""
+    key, fold, path, is_dir, size, mtime_ns, remote_id, uri, kept = r
+    return ScanRow(
+        str(key),
+        str(fold),
+        str(path),
+        bool(is_dir),
+        int(size),
+        int(mtime_ns),
+        str(remote_id),
+        str(uri),
+        bool(kept),
+    )
+
+
+def _plan_row(r: Sequence[Any]) -> PlanRow:
+    """Build a :class:`PlanRow` from the columns of ``_PLAN_QUERY``."""
+    seq, action, key, src, dst, size, mtime_ns, overwrite, reason, rid, uri, status = r[:12]
+    return PlanRow(
+        int(seq),
+        str(action),
+        str(key),
+        str(src),
+        str(dst),
+        int(size),
+        int(mtime_ns),
+        bool(overwrite),
+        str(reason),
+        str(rid),
+        str(uri),
+        str(status),
+        bool(r[12]),
+        int(r[13]),
+    )
 
 
 class StateDB:
@@ -398,7 +465,7 @@ class StateDB:
         async with self._write():
             await self._conn.executemany(
                 "INSERT INTO scan(run_id, side, key, fold, path, is_dir, size, mtime_ns,"
-                " remote_id, uri) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " remote_id, uri, kept) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         run_id,
@@ -411,6 +478,7 @@ class StateDB:
                         r.mtime_ns,
                         r.remote_id,
                         r.uri,
+                        int(r.kept),
                     )
                     for r in rows
                 ],
@@ -431,27 +499,27 @@ class StateDB:
         last: tuple[str, int, str] = ("", -1, "")
         while True:
             async with self._conn.execute(
-                "SELECT side, key, fold, path, is_dir, size, mtime_ns, remote_id, uri FROM scan"
-                " WHERE run_id = ? AND (key, side, path) > (?, ?, ?)"
+                "SELECT side, key, fold, path, is_dir, size, mtime_ns, remote_id, uri, kept"
+                " FROM scan WHERE run_id = ? AND (key, side, path) > (?, ?, ?)"
                 " ORDER BY key, side, path LIMIT ?",
                 (run_id, *last, _PAGE),
             ) as cursor:
                 rows = await cursor.fetchall()
             if not rows:
                 return
-            page = [
-                (int(r[0]), ScanRow(r[1], r[2], r[3], bool(r[4]), int(r[5]), int(r[6]), r[7], r[8]))
-                for r in rows
-            ]
+            page = [(int(r[0]), _scan_row(r[1:])) for r in rows]
             last = (page[-1][1].key, page[-1][0], page[-1][1].path)
             yield page
 
     async def case_clashes(self, run_id: int) -> set[str]:
-        """Return the source keys whose casefolded form matches a different target key."""
+        """Return the source keys whose casefolded form matches a different target key.
+
+        Kept entries take no part.
+        """
         async with self._conn.execute(
             "SELECT DISTINCT s.key FROM scan AS s JOIN scan AS d ON d.run_id = s.run_id"
-            " AND d.side = ? AND d.fold = s.fold AND d.key != s.key"
-            " WHERE s.run_id = ? AND s.side = ?",
+            " AND d.side = ? AND d.fold = s.fold AND d.key != s.key AND d.kept = 0"
+            " WHERE s.run_id = ? AND s.side = ? AND s.kept = 0",
             (DST, run_id, SRC),
         ) as cursor:
             rows = await cursor.fetchall()
@@ -464,15 +532,12 @@ class StateDB:
             return {}
         marks = ",".join("?" * len(wanted))
         async with self._conn.execute(
-            "SELECT key, fold, path, is_dir, size, mtime_ns, remote_id, uri FROM scan"
+            "SELECT key, fold, path, is_dir, size, mtime_ns, remote_id, uri, kept FROM scan"
             f" WHERE run_id = ? AND side = ? AND key IN ({marks})",
             (run_id, side, *wanted),
         ) as cursor:
             rows = await cursor.fetchall()
-        return {
-            r[0]: ScanRow(r[0], r[1], r[2], bool(r[3]), int(r[4]), int(r[5]), r[6], r[7])
-            for r in rows
-        }
+        return {r[0]: _scan_row(r) for r in rows}
 
     # plans
 
@@ -481,7 +546,8 @@ class StateDB:
         async with self._write():
             await self._conn.executemany(
                 "INSERT INTO plan(run_id, seq, action, key, src, dst, size, mtime_ns, overwrite,"
-                " reason, remote_id, uri, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " reason, remote_id, uri, status, is_dir, items)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         run_id,
@@ -497,6 +563,8 @@ class StateDB:
                         r.remote_id,
                         r.uri,
                         r.status,
+                        int(r.is_dir),
+                        r.items,
                     )
                     for r in rows
                 ],
@@ -509,25 +577,66 @@ class StateDB:
         last = -1
         while True:
             async with self._conn.execute(
-                "SELECT seq, action, key, src, dst, size, mtime_ns, overwrite, reason, remote_id,"
-                " uri, status FROM plan WHERE run_id = ? AND action = ? AND status = ? AND seq > ?"
+                _PLAN_QUERY + " WHERE run_id = ? AND action = ? AND status = ? AND seq > ?"
                 " ORDER BY seq LIMIT ?",
                 (run_id, action, status, last, _PAGE),
             ) as cursor:
                 rows = await cursor.fetchall()
             if not rows:
                 return
-            page = [
-                PlanRow(r[0], r[1], r[2], r[3], r[4], int(r[5]), int(r[6]), bool(r[7]), *r[8:])
-                for r in rows
-            ]
+            page = [_plan_row(r) for r in rows]
             last = page[-1].seq
             yield page
 
-    async def plan_summary(self, run_id: int) -> dict[str, tuple[int, int]]:
-        """Return ``{action: (count, bytes)}`` for the run's plan."""
+    async def plan_row(self, run_id: int, seq: int) -> PlanRow | None:
+        """Return the plan row ``seq`` of the run, or None when there is none."""
         async with self._conn.execute(
-            "SELECT action, COUNT(*), COALESCE(SUM(size), 0) FROM plan WHERE run_id = ?"
+            _PLAN_QUERY + " WHERE run_id = ? AND seq = ?", (run_id, seq)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else _plan_row(row)
+
+    async def subtree(self, run_id: int, key: str) -> Subtree:
+        """Count what both listings and the plan hold strictly below the folder ``key``."""
+        # Keys below "a" are exactly those in ["a/", "a0"): "0" follows "/" in code point order.
+        low, high = key + "/", key + "0"
+        async with self._conn.execute(
+            "SELECT side, COUNT(*) FROM scan WHERE run_id = ? AND key >= ? AND key < ?"
+            " GROUP BY side",
+            (run_id, low, high),
+        ) as cursor:
+            sides = {int(s): int(c) for s, c in await cursor.fetchall()}
+        async with self._conn.execute(
+            "SELECT action, COUNT(*), COALESCE(SUM(size), 0) FROM plan"
+            " WHERE run_id = ? AND key >= ? AND key < ? GROUP BY action",
+            (run_id, low, high),
+        ) as cursor:
+            actions = {str(a): (int(c), int(b)) for a, c, b in await cursor.fetchall()}
+        return Subtree(sides.get(SRC, 0), sides.get(DST, 0), actions)
+
+    async def replace_subtree(self, run_id: int, folder: PlanRow) -> None:
+        """Store ``folder`` over its plan row and drop every plan row below its key."""
+        async with self._write():
+            await self._conn.execute(
+                "UPDATE plan SET action = ?, size = ?, reason = ?, items = ?"
+                " WHERE run_id = ? AND seq = ?",
+                (folder.action, folder.size, folder.reason, folder.items, run_id, folder.seq),
+            )
+            await self._conn.execute(
+                "DELETE FROM plan WHERE run_id = ? AND key >= ? AND key < ?",
+                (run_id, folder.key + "/", folder.key + "0"),
+            )
+
+    async def drop_plan_row(self, run_id: int, seq: int) -> None:
+        """Remove one decision from the run's plan."""
+        async with self._write():
+            await self._conn.execute("DELETE FROM plan WHERE run_id = ? AND seq = ?", (run_id, seq))
+
+    async def plan_summary(self, run_id: int) -> dict[str, tuple[int, int]]:
+        """Return ``{action: (items, bytes)}`` for the run's plan."""
+        async with self._conn.execute(
+            "SELECT action, COALESCE(SUM(items), 0), COALESCE(SUM(size), 0) FROM plan"
+            " WHERE run_id = ?"
             " GROUP BY action",
             (run_id,),
         ) as cursor:

@@ -296,3 +296,18 @@ def test_drive_names_longer_than_255_utf8_bytes_are_refused() -> None:
     """The limit counts UTF-8 bytes, not characters, in every component."""
     assert drive_name_problem("d/" + "\u00e9" * 127) == ""
     assert "256 bytes long" in drive_name_problem("\u00e9" * 128 + "/f.txt")
+
+
+async def test_mirror_folder_delete_counts_every_file_below_it(tmp_path: Path) -> None:
+    """A target-only folder is one delete row standing for all its files and their bytes."""
+    local_tree(tmp_path / "src", {"keep.txt": b"k"})
+    drive = FakeDrive()
+    drive.put("/t/keep.txt", b"k", (tmp_path / "src" / "keep.txt").stat().st_mtime)
+    for i in range(50):
+        drive.put(f"/t/big/sub{i % 3}/f{i}.bin", b"x" * (i + 1))
+    drive.put("/t/empty/.x", b"")
+    del drive.files["/t/empty/.x"]
+    summary, rows = await plan(tmp_path, upload_job(tmp_path, kind="sync", mode="mirror"), drive)
+    assert summary.actions["delete"] == (51, sum(range(1, 51)))
+    deletes = [(r.key, r.items, r.size, r.is_dir) for r in rows if r.action == "delete"]
+    assert deletes == [("big", 50, sum(range(1, 51)), True), ("empty", 1, 0, True)]

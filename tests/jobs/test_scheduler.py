@@ -102,6 +102,41 @@ async def test_mirror_refuses_all_deletes_above_max_delete(tmp_path: Path) -> No
     assert drive.deleted == []
 
 
+async def test_mirror_counts_the_files_of_a_deleted_folder_against_max_delete(
+    tmp_path: Path,
+) -> None:
+    """A target-only folder of 5 files is 5 deletes: max_delete = 2 refuses it, 5 allows it."""
+    make_src(tmp_path / "src", 1)
+    drive = FakeDrive()
+    for i in range(5):
+        drive.put(f"/t/old/f{i}.bin", b"x")
+    refused = await run(tmp_path, job(tmp_path, mode="mirror", max_delete=2), drive)
+    assert (refused.exit_code, refused.deletes, refused.planned["delete"]) == (1, 0, (5, 5))
+    assert drive.deleted == []
+    allowed = await run(tmp_path, job(tmp_path, mode="mirror", max_delete=5), drive)
+    assert (allowed.exit_code, allowed.deletes) == (0, 5)
+    assert drive.deleted == ["/t/old"]
+
+
+async def test_download_mirror_counts_the_files_of_a_local_folder_against_max_delete(
+    tmp_path: Path,
+) -> None:
+    """A local folder the remote source lacks counts each of its files against max_delete."""
+    drive = FakeDrive()
+    drive.put("/t/a.txt", b"a", 1_700_000_000.0)
+    dst = tmp_path / "dst"
+    (dst / "big").mkdir(parents=True)
+    for i in range(4):
+        (dst / "big" / f"{i}.txt").write_bytes(b"x")
+    base = {"name": "d", "kind": "sync", "mode": "mirror", "source": "r:/t", "target": str(dst)}
+    refused = await run(tmp_path, JobSpec.model_validate({**base, "max_delete": 3}), drive)
+    assert (refused.exit_code, refused.deletes) == (1, 0)
+    assert len(list((dst / "big").iterdir())) == 4
+    allowed = await run(tmp_path, JobSpec.model_validate({**base, "max_delete": 4}), drive)
+    assert (allowed.exit_code, allowed.deletes) == (0, 4)
+    assert not (dst / "big").exists()
+
+
 async def test_max_transfer_stops_before_passing_the_cap_with_exit_5(tmp_path: Path) -> None:
     """With max_transfer = 25 bytes and 10-byte files, two files go, then exit 5."""
     make_src(tmp_path / "src", 5)
