@@ -21,6 +21,7 @@ Every error carries two flags that callers test instead of matching messages:
     ├── NetworkError             connection refused/reset, timeout, cut body (retryable)
     ├── ListingInconsistent      a listing repeated a page token (fatal for that listing)
     ├── UploadFailed(path, chunk, offset)
+    ├── SourceChanged(path, expected, actual)  the local file changed during its upload
     ├── DownloadFailed(path, offset)
     ├── UnsafeName(name)         a remote name that cannot be written locally
     ├── IntegrityError(path, expected, actual)
@@ -46,6 +47,7 @@ __all__ = [
     "RateLimited",
     "ServerError",
     "SessionExpired",
+    "SourceChanged",
     "UnsafeName",
     "UnsupportedFeature",
     "UploadFailed",
@@ -211,6 +213,25 @@ class UploadFailed(FerryError):
         self.offset = offset
         text = f"upload of {path} failed at chunk {chunk} (offset {offset})"
         super().__init__(f"{text}: {reason}" if reason else text)
+
+
+class SourceChanged(FerryError):
+    """The local file ``path`` changed while it was being uploaded.
+
+    ``expected`` is the file's fingerprint when the upload started and ``actual`` the one seen
+    afterwards (``size:mtime_ns``, or ``missing`` for a file that is gone). The drive would get
+    bytes from two versions of the file, so the upload is not reported done. Not retryable
+    within the run: the next run sees the new fingerprint and uploads the file as it is then.
+    """
+
+    def __init__(self, path: str, expected: str, actual: str) -> None:
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"{path}: source file changed during the upload "
+            f"(size:mtime_ns {expected}, now {actual})"
+        )
 
 
 class DownloadFailed(FerryError):

@@ -39,6 +39,7 @@ from transfer.errors import (
     NotFound,
     ObjectExists,
     SessionExpired,
+    SourceChanged,
     UnsupportedFeature,
     UploadFailed,
 )
@@ -54,6 +55,8 @@ _ORDERED_COMPLETION = (4, 18, 0)
 _MAX_RESTARTS = 2
 # A session this close to its expiry is not worth another chunk.
 _EXPIRY_MARGIN_S = 5.0
+# The fingerprint of a local file that is no longer there.
+_MISSING = "missing"
 
 _WriteFn = Callable[[int, int, bytes], Awaitable[PartResult]]
 
@@ -124,6 +127,7 @@ class _Run:
     key: str
     journal: UploadJournal
     saved: SavedUpload
+    source: str
     plan: ChunkPlan
     concurrency: int
     progress: Callable[[int], None] | None
@@ -168,12 +172,17 @@ class Uploader:
 
         A journaled session is resumed only for the same content: when the local file's size or
         mtime changed since the session was opened, the session is cancelled and the upload
-        starts over, so chunks acknowledged for other bytes are never kept.
+        starts over, so chunks acknowledged for other bytes are never kept. The file is stat'ed
+        again after each chunk is read and once more after the last chunk is sent, before the
+        upload is finished, so a file changed during the upload is never reported done.
 
         Raises:
             ObjectExists, QuotaExceeded, LockConflict, ApiError: the session could not be opened.
             UploadFailed: a chunk failed; its flags copy the cause's (the session stays journaled
                 when the failure is retryable, so a later call resumes it).
+            SourceChanged: ``local`` changed (or vanished) during the upload; the session is
+                cancelled and forgotten. Where the server completes on the last chunk (local,
+                remote) the drive may keep the file as it was when the upload started.
             IntegrityError: the server's file does not show the full size afterwards.
             UnsupportedFeature: ``local`` is a socket, device or folder (a pipe is spooled to a
                 temporary file first).
@@ -185,7 +194,7 @@ class Uploader:
             raise UnsupportedFeature(f"{local} is neither a regular file nor a pipe")
         size, mtime_ms = st.st_size, st.st_mtime_ns // 1_000_000
         path = join_remote(nfc(remote_path) if self.config.upload_nfc else remote_path)
-        source = f"{size}:{st.st_mtime_ns}"
+        source = _fingerprint_of(st)
         target = _Target(local, path, to_uri(path), size, mtime_ms, overwrite, journal, key, source)
         saved, concurrency = await self._session_for(target)
         saved = await self._send_until_done(target, saved, concurrency, progress)
@@ -268,15 +277,11 @@ class Uploader:
         restarts = 0
         while True:
             try:
-                await self._send(
-                    target.local, target.key, target.journal, saved, concurrency, progress
-                )
+                await self._send(target, saved, concurrency, progress)
                 return saved
-            except UploadFailed as exc:
+            except (UploadFailed, SourceChanged) as exc:
                 if not exc.retryable:
-                    # A permanent failure will not be resumed: leave no placeholder behind.
-                    with anyio.CancelScope(shield=True):
-                        await self._cancel(saved, target.journal, target.key)
+                    await self._drop(saved, target)
                 raise
             except SessionExpired as exc:
                 mtime = target.mtime_ms if target.overwrite else None
@@ -353,6 +358,20 @@ class Uploader:
             return False
         return entry.metadata.get("sys:upload_session_id") == previous.session_id
 
+    async def _drop(self, saved: SavedUpload, target: _Target) -> None:
+        """Cancel the session of an upload that failed for good and forget it.
+
+        Runs while the failure propagates: a failing cancel is logged, never raised over it, and
+        the journal then keeps the session so that the next run cancels it before starting over.
+        """
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._cancel(saved, target.journal, target.key)
+            except FerryError as exc:
+                log.warning(
+                    "upload_session_cancel_failed", session_id=saved.session_id, error=str(exc)
+                )
+
     async def _discard(self, saved: SavedUpload, target: _Target) -> None:
         """Cancel a session we will not resume; if that fails, its orphan is handled at open."""
         try:
@@ -403,14 +422,16 @@ class Uploader:
 
     async def _send(
         self,
-        local: Path,
-        key: str,
-        journal: UploadJournal,
+        target: _Target,
         saved: SavedUpload,
         concurrency: int,
         progress: Callable[[int], None] | None,
     ) -> None:
-        """Send every chunk not yet acknowledged, then finish the upload with the writer."""
+        """Send every chunk not yet acknowledged, then finish the upload with the writer.
+
+        The source is checked once more between the last chunk and the finish: for policies the
+        client completes (S3 family, OneDrive, Qiniu) a changed file is then never completed.
+        """
         writer = make_writer(
             WriterContext(
                 session=saved,
@@ -422,10 +443,20 @@ class Uploader:
         plan = chunk_plan(saved.size, saved.chunk_size, single=writer.single_chunk)
         if writer.max_concurrency is not None:
             concurrency = min(concurrency, writer.max_concurrency)
-        run = _Run(local, key, journal, saved, plan, max(1, concurrency), progress)
+        run = _Run(
+            target.local,
+            target.key,
+            target.journal,
+            saved,
+            target.source,
+            plan,
+            max(1, concurrency),
+            progress,
+        )
         run.acked.update({i: etag for i, etag in saved.acked.items() if 0 <= i < plan.count})
         todo = [i for i in range(plan.count) if i not in run.acked]
         await self._send_indices(run, writer.write_chunk, todo)
+        _check_source(run, await anyio.to_thread.run_sync(_fingerprint, run.local))
         parts = [PartResult(index=i, etag=run.acked[i]) for i in range(plan.count)]
         await writer.finish(parts)
 
@@ -462,11 +493,12 @@ class Uploader:
                 tg.start_soon(worker)
 
     async def _send_chunk(self, run: _Run, write: _WriteFn, index: int) -> None:
-        """Read one chunk at its offset, send it, and journal it."""
+        """Read one chunk at its offset, check the file did not change, send it, and journal it."""
         offset, length = run.plan.offset(index), run.plan.length(index)
         if self._expired(run.saved):
             raise SessionExpired(0, 40011, "upload session expired (local clock check)")
-        data = await anyio.to_thread.run_sync(_read_at, run.local, offset, length)
+        data, source = await anyio.to_thread.run_sync(_read_chunk, run.local, offset, length)
+        _check_source(run, source)
         if len(data) != length:
             raise IntegrityError(str(run.local), f"{length} bytes at {offset}", len(data))
         if self.limiter is not None:
@@ -525,6 +557,32 @@ def _spool(pipe: Path) -> Path:
     with os.fdopen(fd, "wb") as out, pipe.open("rb") as src:
         shutil.copyfileobj(src, out, 1 << 20)
     return Path(name)
+
+
+def _fingerprint_of(st: os.stat_result) -> str:
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _fingerprint(path: Path) -> str:
+    """The fingerprint of ``path`` as it is now (see ``_Target.source``)."""
+    try:
+        return _fingerprint_of(path.stat())
+    except FileNotFoundError:
+        return _MISSING
+
+
+def _check_source(run: _Run, source: str) -> None:
+    if source != run.source:
+        raise SourceChanged(str(run.local), run.source, source)
+
+
+def _read_chunk(path: Path, offset: int, length: int) -> tuple[bytes, str]:
+    """Read a chunk, then fingerprint the file: a change before or during the read shows."""
+    try:
+        data = _read_at(path, offset, length)
+    except FileNotFoundError:
+        return b"", _MISSING
+    return data, _fingerprint(path)
 
 
 def _read_at(path: Path, offset: int, length: int) -> bytes:

@@ -119,7 +119,10 @@ async def test_br22_resume_reads_exact_offsets_of_a_sparse_4_gib_file(tmp_path: 
     journal = _StubJournal()
     uploader = Uploader(_StubClient(), TransferConfig())  # type: ignore[arg-type]
     saved = SavedUpload("s", "cloudreve://my/x", size, 5_242_880, 2**40, "local", "k")
-    run = _Run(path, "key", journal, saved, chunk_plan(size, 5_242_880), 2, None)  # type: ignore[arg-type]
+    st = path.stat()
+    source = f"{st.st_size}:{st.st_mtime_ns}"
+    plan = chunk_plan(size, 5_242_880)
+    run = _Run(path, "key", journal, saved, source, plan, 2, None)  # type: ignore[arg-type]
     await uploader._send_indices(run, write, [410, 819])
     assert sorted(sent) == [
         (410, 2_149_580_800, 5_242_880, b"A", b"\x00"),
