@@ -180,6 +180,8 @@ class Uploader:
             ObjectExists, QuotaExceeded, LockConflict, ApiError: the session could not be opened.
             UploadFailed: a chunk failed; its flags copy the cause's (the session stays journaled
                 when the failure is retryable, so a later call resumes it).
+            StorageError, ApiError: the storage refused the completion or the callback failed;
+                unless retryable, the session is cancelled and forgotten.
             SourceChanged: ``local`` changed (or vanished) during the upload; the session is
                 cancelled and forgotten. Where the server completes on the last chunk (local,
                 remote) the drive may keep the file as it was when the upload started.
@@ -273,16 +275,16 @@ class Uploader:
         concurrency: int,
         progress: Callable[[int], None] | None,
     ) -> SavedUpload:
-        """Send the chunks; on a lost session check for completion, else start a new session."""
+        """Send the chunks and finish; on a lost session check for completion, else start anew.
+
+        Any other failure that is not retryable cancels the session and forgets it, so that the
+        next call opens a new session instead of resuming one that cannot succeed.
+        """
         restarts = 0
         while True:
             try:
                 await self._send(target, saved, concurrency, progress)
                 return saved
-            except (UploadFailed, SourceChanged) as exc:
-                if not exc.retryable:
-                    await self._drop(saved, target)
-                raise
             except SessionExpired as exc:
                 mtime = target.mtime_ms if target.overwrite else None
                 if await self._completed(target.uri, target.size, mtime):
@@ -291,6 +293,12 @@ class Uploader:
                     raise UploadFailed(
                         str(target.local), 0, 0, "upload session lost", retryable=True
                     ) from exc
+            except FerryError as exc:
+                if not exc.retryable:
+                    # A permanent failure, of a chunk or of the completion (S3 EntityTooSmall,
+                    # InvalidPart), would fail the same way on every resume of this session.
+                    await self._drop(saved, target)
+                raise
             restarts += 1
             log.warning("upload_session_expired", path=target.path, session_id=saved.session_id)
             await self._cancel(saved, target.journal, target.key)
