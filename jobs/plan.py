@@ -14,6 +14,8 @@ Decisions, per key:
 * target only: ``delete`` in mirror mode, else nothing. A folder is deleted whole (one row
   standing for every file below it, counted as such against ``max_delete``) only when
   everything below it is deleted too; otherwise it stays and only what lies below is decided;
+* kept target entries (a mirror lists what its filters leave out, what the walk skips and
+  unfinished uploads as ``kept``): nothing, and the folders holding them stay;
 * two source spellings of one key (NFC vs NFD): ``fail`` for both (a collision).
 """
 
@@ -161,7 +163,12 @@ def _row(
 
 
 def walk_local(
-    root: Path, filt: Filter, *, follow_symlinks: bool = False, bad_names_fail: bool = True
+    root: Path,
+    filt: Filter,
+    *,
+    follow_symlinks: bool = False,
+    bad_names_fail: bool = True,
+    keep_skipped: bool = False,
 ) -> Iterator[list[ScanRow | WalkIssue]]:
     """Walk a local tree, yielding batches of entries and issues; the root itself is left out.
 
@@ -170,6 +177,8 @@ def walk_local(
     skipped without being opened. Unreadable files and folders are errors. A name that is not
     valid UTF-8 is skipped (a folder with all it holds) as an ``undecodable_name`` issue, an
     error when ``bad_names_fail``. Issue paths are shown through :func:`display_path`.
+    With ``keep_skipped``, every entry filtered out or skipped (an excluded folder without what
+    it holds) also comes back as a ``kept`` row, unless its name is not UTF-8.
     """
     batch: list[ScanRow | WalkIssue] = []
     root_stat = root.stat()
@@ -188,6 +197,9 @@ def walk_local(
         for entry in listed:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             item = _local_entry(entry, rel, filt, follow_symlinks, ancestors, bad_names_fail)
+            skipped = item is None or isinstance(item, WalkIssue)
+            if keep_skipped and skipped and _is_utf8(entry.name):
+                batch.append(_row(rel, rel, False, 0, 0, kept=True))
             if item is None:
                 continue
             if isinstance(item, tuple):
@@ -253,15 +265,23 @@ async def scan_local(
     follow_symlinks: bool,
     summary: PlanSummary,
     bad_names_fail: bool = True,
+    keep_skipped: bool = False,
 ) -> None:
     """Walk ``root`` in a worker thread and store its entries as ``side``.
 
     The caller has checked the root with :func:`_root_usable`; a missing target is empty.
-    ``bad_names_fail`` makes names that are not UTF-8 errors rather than warnings.
+    ``bad_names_fail`` makes names that are not UTF-8 errors rather than warnings;
+    ``keep_skipped`` stores what the walk leaves out as kept rows (see :func:`walk_local`).
     """
     if not await anyio.Path(root).is_dir():
         return
-    walker = walk_local(root, filt, follow_symlinks=follow_symlinks, bad_names_fail=bad_names_fail)
+    walker = walk_local(
+        root,
+        filt,
+        follow_symlinks=follow_symlinks,
+        bad_names_fail=bad_names_fail,
+        keep_skipped=keep_skipped,
+    )
     while True:
         batch = await anyio.to_thread.run_sync(next, walker, None)
         if batch is None:
@@ -289,25 +309,42 @@ def _remote_excluded(rel: str, is_dir: bool, size: int, mtime_ns: int, filt: Fil
 
 
 async def scan_remote(
-    db: StateDB, run_id: int, side: int, drive: RemoteLister, root: str, filt: Filter
+    db: StateDB,
+    run_id: int,
+    side: int,
+    drive: RemoteLister,
+    root: str,
+    filt: Filter,
+    keep_skipped: bool = False,
 ) -> None:
     """Walk a drive folder and store its entries as ``side``.
 
     Unfinished upload placeholders are left out, so they count as missing and are resumed.
+    With ``keep_skipped``, placeholders and filtered entries are stored as kept rows instead.
     Raises whatever the listing raises; the caller then treats the listing as incomplete.
     """
     prefix = root.rstrip("/") + "/"
     rows: list[ScanRow] = []
     async for entry in drive.walk(root):
-        if not entry.path.startswith(prefix) or entry.uploading:
+        if not entry.path.startswith(prefix):
             continue
         rel = entry.path[len(prefix) :]
         mtime_ns = to_ns(entry.updated_at)
-        if _remote_excluded(rel, entry.is_dir, entry.size, mtime_ns, filt):
+        skipped = entry.uploading or _remote_excluded(rel, entry.is_dir, entry.size, mtime_ns, filt)
+        if skipped and not keep_skipped:
             continue
         size = 0 if entry.is_dir else entry.size
         rows.append(
-            _row(rel, entry.path, entry.is_dir, size, mtime_ns, remote_id=entry.id, uri=entry.uri)
+            _row(
+                rel,
+                entry.path,
+                entry.is_dir,
+                size,
+                mtime_ns,
+                remote_id=entry.id,
+                uri=entry.uri,
+                kept=skipped,
+            )
         )
         if len(rows) >= _BATCH:
             await db.add_scan(run_id, side, rows)
@@ -387,7 +424,10 @@ class _Planner:
             self.rows = []
 
     async def decide(self, key: str, srcs: list[ScanRow], dsts: list[ScanRow]) -> None:
-        """Decide one key from its source and target entries."""
+        """Decide one key from its source and target entries; kept entries are left alone."""
+        dsts = [dst for dst in dsts if not dst.kept]
+        if not srcs and not dsts:
+            return
         if len(srcs) > 1:
             for src in srcs:
                 log.error("collision_detected", path=src.path, key=key, reason="nfc_collision")
@@ -497,7 +537,7 @@ class _Planner:
             on_source = await self.db.scan_rows(self.run_id, SRC, names)
             for name in names:
                 row = on_target.get(name)
-                if row is not None and not row.is_dir and await self.same(src, row):
+                if row is not None and not (row.is_dir or row.kept) and await self.same(src, row):
                     return "skip", row.path
                 if row is None and name not in on_source:
                     return "copy", self.target_path(name)
@@ -604,15 +644,17 @@ async def _list_sides(
         )
         if not (local_ok and remote_ok):
             return
+        # A mirror keeps a row for every target entry it must not delete, so that it never
+        # deletes a folder that still holds one.
+        mirror = job.mode == "mirror"
         if upload:
             await scan_local(db, run_id, SRC, local, filt, job.follow_symlinks, summary)
-            await scan_remote(db, run_id, DST, drive, remote, filt)
+            await scan_remote(db, run_id, DST, drive, remote, filt, mirror)
         else:
             await scan_remote(db, run_id, SRC, drive, remote, filt)
             # A local name that is not UTF-8 cannot match any drive name; only a mirror, which
             # would have to delete it, fails over it.
-            mirror = job.mode == "mirror"
-            await scan_local(db, run_id, DST, local, filt, False, summary, mirror)
+            await scan_local(db, run_id, DST, local, filt, False, summary, mirror, mirror)
     except (FerryError, OSError) as exc:
         if isinstance(exc, FerryError) and exc.fatal and not isinstance(exc, ListingInconsistent):
             raise

@@ -24,6 +24,7 @@ class FakeDrive:
         self.fail_paths: dict[str, Exception] = {}
         self.walk_error: Exception | None = None
         self.abandoned: list[str] = []
+        self.placeholders: set[str] = set()
 
     def put(self, path: str, data: bytes, mtime: float = 1_700_000_000.0) -> None:
         """Store a file directly, creating its folders."""
@@ -37,8 +38,16 @@ class FakeDrive:
         if path in self.folders:
             return RemoteEntry(path, name, True, 0, datetime.fromtimestamp(0, UTC), path, path)
         data, mtime = self.files[path]
+        metadata = {"sys:upload_session_id": "s"} if path in self.placeholders else {}
         return RemoteEntry(
-            path, name, False, len(data), mtime, "id" + path, "cloudreve://my" + path
+            path,
+            name,
+            False,
+            len(data),
+            mtime,
+            "id" + path,
+            "cloudreve://my" + path,
+            metadata=metadata,
         )
 
     async def walk(self, root: str) -> AsyncIterator[RemoteEntry]:

@@ -107,3 +107,44 @@ async def test_download_mirror_counts_each_file_of_a_local_folder_against_max_de
         assert b"deletes_refused" in refused.stderr
         assert len(list((restore / "big").iterdir())) == 50
         assert (restore / "a.txt").read_bytes() == b"a"
+
+
+async def test_upload_mirror_keeps_excluded_files_and_the_folder_holding_them(
+    tmp_path: Path,
+) -> None:
+    """With exclude = ["*.keep"], a folder gone from the source keeps foo/a.keep and foo."""
+    src = tmp_path / "src"
+    write_files(src, {"a.txt": b"a", "foo/a.keep": b"keep", "foo/b.txt": b"b", "foo/s/c": b"c"})
+    async with emulator(tmp_path) as emu:
+        seed = write_config(tmp_path, emu.url, up_mirror(0))
+        assert (await ferry(seed, "run")).returncode == 0
+        shutil.rmtree(src / "foo")
+        config = write_config(tmp_path, emu.url, up_mirror(5, 'exclude = ["*.keep"]'))
+        done = await ferry(config, "run")
+        assert done.returncode == 0, done.stderr.decode()
+        assert b" 2 deleted, " in done.stdout
+        assert emu.file(EMAIL, "/backup/foo/a.keep") is not None
+        assert emu.file(EMAIL, "/backup/foo/b.txt") is None
+        assert emu.file(EMAIL, "/backup/foo/s") is None
+
+
+async def test_download_mirror_keeps_excluded_and_filtered_files_and_their_folders(
+    tmp_path: Path,
+) -> None:
+    """Local files left out by exclude or max_size survive a download mirror, with foo."""
+    write_files(tmp_path / "src", {"a.txt": b"a"})
+    async with emulator(tmp_path) as emu:
+        seed = write_config(tmp_path, emu.url, up_mirror(0))
+        assert (await ferry(seed, "run")).returncode == 0
+        restore = tmp_path / "restore"
+        write_files(
+            restore,
+            {"foo/a.keep": b"k", "foo/b.txt": b"b", "big/huge.bin": b"x" * 100, "big/c": b"c"},
+        )
+        extra = 'exclude = ["*.keep"]\nmax_size = "50B"'
+        config = write_config(tmp_path, emu.url, down_mirror(5, extra))
+        done = await ferry(config, "run")
+        assert done.returncode == 0, done.stderr.decode()
+        assert b" 2 deleted, " in done.stdout
+        left = sorted(p.relative_to(restore).as_posix() for p in restore.rglob("*"))
+        assert left == ["a.txt", "big", "big/huge.bin", "foo", "foo/a.keep"]

@@ -311,3 +311,34 @@ async def test_mirror_folder_delete_counts_every_file_below_it(tmp_path: Path) -
     assert summary.actions["delete"] == (51, sum(range(1, 51)))
     deletes = [(r.key, r.items, r.size, r.is_dir) for r in rows if r.action == "delete"]
     assert deletes == [("big", 50, sum(range(1, 51)), True), ("empty", 1, 0, True)]
+
+
+async def test_mirror_keeps_folders_holding_filtered_skipped_or_uploading_entries(
+    tmp_path: Path,
+) -> None:
+    """Excluded, too small and unfinished entries stay, and so do the folders holding them."""
+    (tmp_path / "src").mkdir()
+    drive = FakeDrive()
+    drive.put("/t/foo/a.keep", b"keep me")
+    drive.put("/t/foo/b.txt", b"bb")
+    drive.put("/t/foo/sub/c.txt", b"cc")
+    drive.put("/t/tiny/t.bin", b"1")
+    drive.put("/t/part/p.bin", b"partial")
+    drive.placeholders.add("/t/part/p.bin")
+    drive.put("/t/gone/e.txt", b"ee")
+    job = upload_job(tmp_path, kind="sync", mode="mirror", exclude=["*.keep"], min_size=2)
+    summary, rows = await plan(tmp_path, job, drive)
+    deletes = [(r.key, r.items) for r in rows if r.action == "delete"]
+    assert deletes == [("foo/b.txt", 1), ("foo/sub", 1), ("gone", 1)]
+    assert summary.actions["delete"] == (3, 6)
+
+
+def test_walk_keeps_a_row_for_each_entry_it_leaves_out_when_asked(tmp_path: Path) -> None:
+    """keep_skipped lists excluded folders, filtered files and links as kept rows."""
+    root = tmp_path / "dst"
+    local_tree(root, {"a.txt": b"abc", "x.keep": b"k", "cache/y.bin": b"y"})
+    (root / "link").symlink_to("a.txt")
+    filt = Filter.build([], ["*.keep", "cache/**"])
+    found = [i for batch in walk_local(root, filt, keep_skipped=True) for i in batch]
+    rows = sorted((r.key, r.kept) for r in found if isinstance(r, ScanRow))
+    assert rows == [("a.txt", False), ("cache", True), ("link", True), ("x.keep", True)]

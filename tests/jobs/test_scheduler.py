@@ -137,6 +137,35 @@ async def test_download_mirror_counts_the_files_of_a_local_folder_against_max_de
     assert not (dst / "big").exists()
 
 
+async def test_download_mirror_keeps_excluded_files_links_and_their_folders(
+    tmp_path: Path,
+) -> None:
+    """Excluded files and skipped links survive a mirror, with the folders that hold them."""
+    drive = FakeDrive()
+    drive.put("/t/a.txt", b"a", 1_700_000_000.0)
+    dst = tmp_path / "dst"
+    (dst / "foo" / "sub").mkdir(parents=True)
+    (dst / "foo" / "a.keep").write_bytes(b"keep")
+    (dst / "foo" / "b.txt").write_bytes(b"b")
+    (dst / "foo" / "sub" / "c.txt").write_bytes(b"c")
+    (dst / "links").mkdir()
+    (dst / "links" / "l").symlink_to(dst / "foo" / "b.txt")
+    spec = JobSpec.model_validate(
+        {
+            "name": "d",
+            "kind": "sync",
+            "mode": "mirror",
+            "source": "r:/t",
+            "target": str(dst),
+            "exclude": ["*.keep"],
+        }
+    )
+    outcome = await run(tmp_path, spec, drive)
+    assert (outcome.exit_code, outcome.deletes) == (0, 2)
+    left = sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*"))
+    assert left == ["a.txt", "foo", "foo/a.keep", "links", "links/l"]
+
+
 async def test_max_transfer_stops_before_passing_the_cap_with_exit_5(tmp_path: Path) -> None:
     """With max_transfer = 25 bytes and 10-byte files, two files go, then exit 5."""
     make_src(tmp_path / "src", 5)
