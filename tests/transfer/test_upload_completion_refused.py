@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from emulator.testing import running_emulator
 from tests.transfer.roundtrip import MemoryJournal, connected
@@ -98,3 +99,46 @@ async def test_transient_complete_failure_keeps_and_resumes_the_session(tmp_path
         assert emu.requests.count("PUT", "/api/v4/file/upload") == 1
         assert emu.requests.count("DELETE", "/api/v4/file/upload") == 0
         assert emu.requests.count("POST", "/storage/s3/*") == 2
+
+
+def _too_small(logs: list[dict[str, object]]) -> list[dict[str, object]]:
+    return [e for e in logs if e["event"] == "upload_part_too_small"]
+
+
+@pytest.mark.parametrize("policy", ["s3", "ks3"])
+async def test_parts_below_5_mib_are_warned_about_once_up_front(
+    tmp_path: Path, policy: str
+) -> None:
+    """A session of 1 MiB parts for a 4-part file logs one warning before the first part."""
+    async with running_emulator(tmp_path, policy=policy, chunk_size=MIB) as emu:
+        src = tmp_path / "big.bin"
+        src.write_bytes(os.urandom(3 * MIB + 5))
+        async with connected(emu, tmp_path) as drive:
+            with capture_logs() as logs, pytest.raises(StorageError):
+                await drive.upload(
+                    src, "/up/big.bin", overwrite=False, journal=MemoryJournal(), key="k"
+                )
+    warned = _too_small(logs)
+    assert len(warned) == 1
+    assert warned[0]["log_level"] == "warning"
+    assert warned[0]["part_bytes"] == MIB
+    assert warned[0]["min_part_bytes"] == 5 * MIB
+    assert warned[0]["parts"] == 4
+    events = [e["event"] for e in logs]
+    assert events.index("upload_part_too_small") < events.index("chunk_uploaded")
+
+
+@pytest.mark.parametrize(("policy", "size"), [("s3", 700_000), ("cos", 3 * MIB + 5)])
+async def test_no_part_size_warning_for_one_part_or_other_storages(
+    tmp_path: Path, policy: str, size: int
+) -> None:
+    """A file that fits one part, or a storage with a smaller minimum, gets no warning."""
+    async with running_emulator(tmp_path, policy=policy, chunk_size=MIB) as emu:
+        src = tmp_path / "f.bin"
+        src.write_bytes(os.urandom(size))
+        async with connected(emu, tmp_path) as drive:
+            with capture_logs() as logs:
+                await drive.upload(
+                    src, "/up/f.bin", overwrite=False, journal=MemoryJournal(), key="k"
+                )
+    assert _too_small(logs) == []

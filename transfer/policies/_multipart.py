@@ -13,11 +13,15 @@ and in who calls Cloudreve back; subclasses set these class attributes:
 * ``complete_headers``: extra headers the server signed into the complete URL.
 * ``client_callback``: call ``/callback/{type}/...`` after the complete (s3, ks3, cos); oss and
   obs call Cloudreve back from the storage.
+* ``min_part_size``: the storage's smallest part but the last (0 = not known); a session that
+  cuts a file into smaller parts is warned about before the first part is sent, because the
+  storage will refuse the complete (S3 ``EntityTooSmall``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 from xml.etree import ElementTree
@@ -39,9 +43,12 @@ from transfer.policies._storage import (
     storage_error,
 )
 
-__all__ = ["MultipartWriter", "check_parts", "complete_xml"]
+__all__ = ["S3_MIN_PART", "MultipartWriter", "check_parts", "complete_xml"]
 
 _log = structlog.get_logger()
+
+S3_MIN_PART = 5 << 20
+"""S3's smallest part but the last (5 MiB); KS3 has the same limit."""
 
 
 def complete_xml(parts: Sequence[PartResult]) -> bytes:
@@ -87,6 +94,7 @@ class MultipartWriter:
     complete_with_parts: ClassVar[bool] = True
     complete_headers: ClassVar[Mapping[str, str]] = {}
     client_callback: ClassVar[bool] = True
+    min_part_size: ClassVar[int] = 0
 
     def __init__(self, ctx: WriterContext) -> None:
         session = ctx.session
@@ -104,11 +112,30 @@ class MultipartWriter:
         self._http = http_of(ctx)
         self._completed = False
         self._upload_gone: PartUrlExpired | None = None
+        if not session.acked:
+            self._warn_if_parts_too_small()
 
     @property
     def max_concurrency(self) -> int | None:
         """None: parts are independent, the session's ``chunk_concurrency`` applies."""
         return None
+
+    def _warn_if_parts_too_small(self) -> None:
+        """Warn when the storage will refuse to complete this session for its part size."""
+        session = self._ctx.session
+        chunk_size = session.chunk_size
+        one_part = chunk_size == 0 or session.size <= chunk_size
+        if one_part or chunk_size >= self.min_part_size:
+            return
+        _log.warning(
+            "upload_part_too_small",
+            policy=self.policy_type,
+            uri=session.uri,
+            session_id=session.session_id,
+            part_bytes=chunk_size,
+            min_part_bytes=self.min_part_size,
+            parts=math.ceil(session.size / chunk_size),
+        )
 
     async def write_chunk(self, index: int, offset: int, data: bytes) -> PartResult:
         """PUT chunk ``index`` to its presigned URL and return the part's ETag as received.

@@ -7,7 +7,7 @@ that type; then ``GET /callback/ks3/{session_id}/{secret}``.
 
 from __future__ import annotations
 
-from transfer.policies._multipart import MultipartWriter
+from transfer.policies._multipart import S3_MIN_PART, MultipartWriter
 
 __all__ = ["Ks3Writer"]
 
@@ -16,4 +16,5 @@ class Ks3Writer(MultipartWriter):
     """Kingsoft KS3: multipart upload, then a client GET callback."""
 
     policy_type = "ks3"
+    min_part_size = S3_MIN_PART
     complete_content_type = "application/octet-stream"

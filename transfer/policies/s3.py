@@ -7,7 +7,7 @@ binary type); then ``GET /callback/s3/{session_id}/{secret}``.
 
 from __future__ import annotations
 
-from transfer.policies._multipart import MultipartWriter
+from transfer.policies._multipart import S3_MIN_PART, MultipartWriter
 
 __all__ = ["S3Writer"]
 
@@ -16,3 +16,4 @@ class S3Writer(MultipartWriter):
     """Amazon S3 and S3-compatible storage: multipart upload, then a client GET callback."""
 
     policy_type = "s3"
+    min_part_size = S3_MIN_PART
