@@ -101,11 +101,16 @@ class WalkIssue:
 
 @dataclass(slots=True)
 class PlanSummary:
-    """Counts of a finished plan; ``listing_complete`` is False when a listing failed."""
+    """Counts of a finished plan; ``listing_complete`` is False when a listing failed.
+
+    ``deletes_refused`` is True when the plan has more deletes than ``max_delete``: a run does
+    none of them.
+    """
 
     actions: dict[str, tuple[int, int]] = field(default_factory=dict)
     issues: list[WalkIssue] = field(default_factory=list)
     listing_complete: bool = True
+    deletes_refused: bool = False
 
     @property
     def errors(self) -> int:
@@ -577,6 +582,19 @@ async def _settle_folders(db: StateDB, run_id: int) -> None:
             await db.replace_subtree(run_id, folder)
 
 
+def _check_max_delete(job: JobSpec, summary: PlanSummary) -> None:
+    """Refuse all the deletes of a plan with more than ``max_delete``, as an error issue."""
+    count = summary.actions.get("delete", (0, 0))[0]
+    cap = job.max_delete
+    if cap is None or count <= cap:
+        return
+    excess = count - cap
+    detail = f"{count} deletes planned, {excess} more than max_delete = {cap}; none is done"
+    summary.issues.append(WalkIssue("", "max_delete", detail, True))
+    summary.deletes_refused = True
+    log.error("deletes_refused", planned=count, max_delete=cap, excess=excess)
+
+
 def _root_usable(summary: PlanSummary, side: int, path: str, exists: bool, is_dir: bool) -> bool:
     """Check one side's root: a source must be a folder; a target a folder or missing.
 
@@ -603,7 +621,8 @@ async def plan_job(
     """List both sides of ``job`` into the state database and store the run's plan.
 
     A failed listing is recorded as an issue with ``listing_complete = False`` and nothing is
-    planned, so no missing item is ever inferred from it. The errors among the issues and the
+    planned, so no missing item is ever inferred from it. More deletes than ``max_delete`` are
+    a ``max_delete`` error issue and set ``deletes_refused``. The errors among the issues and the
     ``fail`` decisions are also stored as the run's issues, which outlive its plan.
     """
     summary = PlanSummary()
@@ -617,6 +636,7 @@ async def plan_job(
         await _settle_folders(db, run_id)
         await db.keep_plan_failures(run_id)
         summary.actions = await db.plan_summary(run_id)
+        _check_max_delete(job, summary)
     errors = [RunIssue(i.path, i.kind, i.detail) for i in summary.issues if i.error]
     await db.add_issues(run_id, errors)
 

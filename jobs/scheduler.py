@@ -34,7 +34,6 @@ from jobs.errors import JobLocked
 from jobs.plan import (
     PlanSummary,
     RemoteLister,
-    WalkIssue,
     entry_for,
     plan_job,
     sha256_file,
@@ -504,20 +503,15 @@ async def _fingerprint(run: _Run, local: Path, remote: RemoteEntry) -> tuple[str
 async def _delete_phase(run: _Run, drive: DriveLike, summary: PlanSummary) -> None:
     """Delete what the source lacks, only after an error-free run and within ``max_delete``.
 
-    ``max_delete`` counts items: a folder deleted whole counts every file below it.
+    ``max_delete`` counts items (a folder deleted whole counts every file below it); the
+    planner refuses a plan above it.
     """
     count = summary.actions.get("delete", (0, 0))[0]
-    if count == 0:
-        return
+    if count == 0 or summary.deletes_refused:
+        return  # the planner reported refused deletes as an issue
     errors = run.stats.snapshot().errors + summary.errors
     if errors or run.limit or not summary.listing_complete:
         log.warning("deletes_skipped", reason="run_had_errors", planned=count, errors=errors)
-        return
-    cap = run.job.max_delete
-    if cap is not None and count > cap:
-        detail = f"{count} deletes planned, more than max_delete = {cap}; none done"
-        summary.issues.append(WalkIssue("", "max_delete", detail, True))
-        log.error("deletes_refused", planned=count, max_delete=cap)
         return
     async for page in run.db.plan_pages(run.run_id, "delete"):
         for start in range(0, len(page), _DELETE_BATCH):

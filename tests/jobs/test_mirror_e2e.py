@@ -148,3 +148,35 @@ async def test_download_mirror_keeps_excluded_and_filtered_files_and_their_folde
         assert b" 2 deleted, " in done.stdout
         left = sorted(p.relative_to(restore).as_posix() for p in restore.rglob("*"))
         assert left == ["a.txt", "big", "big/huge.bin", "foo", "foo/a.keep"]
+
+
+@pytest.mark.parametrize("upload", [True, False])
+async def test_plan_says_deletes_above_max_delete_are_refused(tmp_path: Path, upload: bool) -> None:
+    """6 deletes, max_delete = 5: plan and run both exit 1 and say so; nothing is deleted."""
+    write_files(tmp_path / "src", {f"f{i}.txt": b"x" for i in range(6)})
+    async with emulator(tmp_path) as emu:
+        seed = write_config(tmp_path, emu.url, up_mirror(0))
+        assert (await ferry(seed, "run")).returncode == 0
+        if upload:
+            for i in range(6):
+                (tmp_path / "src" / f"f{i}.txt").unlink()
+            config, name = write_config(tmp_path, emu.url, up_mirror(5)), "upm"
+        else:
+            write_files(tmp_path / "restore", {f"extra{i}.txt": b"e" for i in range(6)})
+            config, name = write_config(tmp_path, emu.url, down_mirror(5)), "downm"
+
+        plan = await ferry(config, "plan", "--job", name)
+        assert plan.returncode == 1, plan.stdout.decode()
+        assert planned_deletes(plan.stdout)[0] == 6
+        assert b"6 deletes planned, 1 more than max_delete = 5" in plan.stdout
+
+        done = await ferry(config, "run")
+        assert done.returncode == 1, done.stderr.decode()
+        assert b"deletes_refused" in done.stderr
+        assert b" 0 deleted, " in done.stdout
+        status = await ferry(config, "status")
+        assert b"1 more than max_delete = 5" in status.stdout, status.stdout.decode()
+        if upload:
+            assert all(emu.file(EMAIL, f"/backup/f{i}.txt") for i in range(6))
+        else:
+            assert len(list((tmp_path / "restore").glob("extra*.txt"))) == 6

@@ -342,3 +342,24 @@ def test_walk_keeps_a_row_for_each_entry_it_leaves_out_when_asked(tmp_path: Path
     found = [i for batch in walk_local(root, filt, keep_skipped=True) for i in batch]
     rows = sorted((r.key, r.kept) for r in found if isinstance(r, ScanRow))
     assert rows == [("a.txt", False), ("cache", True), ("link", True), ("x.keep", True)]
+
+
+async def test_plan_above_max_delete_says_the_deletes_are_refused_and_by_how_many(
+    tmp_path: Path,
+) -> None:
+    """6 deletes with max_delete = 5: a max_delete error issue naming 6 and 1 too many."""
+    (tmp_path / "src").mkdir()
+    drive = FakeDrive()
+    for i in range(6):
+        drive.put(f"/t/old{i}.bin", b"x")
+    job = upload_job(tmp_path, kind="sync", mode="mirror", max_delete=5)
+    summary, _ = await plan(tmp_path, job, drive)
+    assert summary.deletes_refused
+    assert summary.errors == 1
+    [issue] = summary.issues
+    assert (issue.kind, issue.error) == ("max_delete", True)
+    assert "6 deletes planned, 1 more than max_delete = 5" in issue.detail
+    within, _ = await plan(
+        tmp_path, upload_job(tmp_path, kind="sync", mode="mirror", max_delete=6), drive
+    )
+    assert (within.deletes_refused, within.issues) == (False, [])
