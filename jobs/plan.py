@@ -477,7 +477,10 @@ class _Planner:
         if self.job.compare == "size":
             return True
         if self.job.compare == "size-mtime":
-            return _close(src.mtime_ns, dst.mtime_ns)
+            # Two empty files hold the same content. Some policies (OneDrive) create empty
+            # files through PUT /file/content, which cannot carry a modification time, so
+            # comparing times there would re-send them on every run.
+            return src.size == 0 or _close(src.mtime_ns, dst.mtime_ns)
         local, remote = (src, dst) if self.upload else (dst, src)
         recorded = await self.db.fingerprint(self.job_id, src.key)
         if recorded is None:

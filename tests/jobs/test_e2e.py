@@ -396,3 +396,24 @@ async def test_names_the_drive_refuses_are_failed_by_the_plan_not_sent(tmp_path:
         assert b" 1 failed, " in done.stdout
         assert emu.requests.count("PUT", "/api/v4/file/upload") == 1
         assert emu.file(EMAIL, "/backup/fine.txt") is not None
+
+
+async def test_onedrive_empty_file_is_not_re_sent_on_every_run(tmp_path: Path) -> None:
+    """OneDrive empty files go through PUT /file/content, which keeps no mtime: a re-run of
+    the same tree must still find them unchanged."""
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "empty.dat").write_bytes(b"")
+    (root / "a.txt").write_bytes(b"alpha")
+    old = 1_600_000_000
+    for path in root.iterdir():
+        os.utime(path, (old, old))
+    async with running_emulator(tmp_path, users={EMAIL: PASSWORD}, policy="onedrive") as emu:
+        config = write_config(tmp_path, emu.url, UPLOAD)
+        first = await ferry(config, "run", "--job", "up")
+        assert first.returncode == 0, first.stderr.decode()
+        assert emu.requests.count("PUT", "/api/v4/file/content") == 1
+        again = await ferry(config, "run", "--job", "up")
+        assert again.returncode == 0, again.stderr.decode()
+        assert b"0 file(s) / 0 B transferred, 2 unchanged" in again.stdout
+        assert emu.requests.count("PUT", "/api/v4/file/content") == 1

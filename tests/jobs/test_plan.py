@@ -174,6 +174,20 @@ async def test_compare_modes_and_filters(tmp_path: Path) -> None:
     assert by_action(rows)["skip"] == ["same.txt"]
 
 
+async def test_empty_files_are_unchanged_whatever_their_times(tmp_path: Path) -> None:
+    """Two empty files match under size-mtime even when their times differ.
+
+    OneDrive creates empty files with PUT /file/content, which sets no modification time, so
+    the drive's time is the upload's; without this they were re-sent on every run.
+    """
+    local_tree(tmp_path / "src", {"empty": b"", "one": b"1"}, mtime=1_800_000_000.0)
+    drive = FakeDrive()
+    drive.put("/t/empty", b"", 1_700_000_000.0)
+    drive.put("/t/one", b"2", 1_700_000_000.0)
+    _, rows = await plan(tmp_path, upload_job(tmp_path), drive)
+    assert by_action(rows) == {"copy": ["one"], "skip": ["empty"]}
+
+
 async def test_mirror_deletes_top_most_extras_only(tmp_path: Path) -> None:
     """Mirror plans one delete per extra folder (not its contents) and per extra file."""
     local_tree(tmp_path / "src", {"keep.txt": b"k"})
