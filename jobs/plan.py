@@ -14,8 +14,10 @@ Decisions, per key:
 * target only: ``delete`` in mirror mode, else nothing. A folder is deleted whole (one row
   standing for every file below it, counted as such against ``max_delete``) only when
   everything below it is deleted too; otherwise it stays and only what lies below is decided;
-* kept target entries (a mirror lists what its filters leave out, what the walk skips and
-  unfinished uploads as ``kept``): nothing, and the folders holding them stay;
+* kept entries (a mirror lists what its filters leave out, what the walk skips and
+  unfinished uploads as ``kept``, on both sides): nothing, the folders holding them stay, and
+  a target entry whose source is kept stays too (a source file that grew past ``max_size`` is
+  still in the source);
 * two source spellings of one key (NFC vs NFD): ``fail`` for both (a collision).
 """
 
@@ -429,9 +431,15 @@ class _Planner:
             self.rows = []
 
     async def decide(self, key: str, srcs: list[ScanRow], dsts: list[ScanRow]) -> None:
-        """Decide one key from its source and target entries; kept entries are left alone."""
+        """Decide one key from its source and target entries; kept entries are left alone.
+
+        A kept source entry (one the filters or the walk leave out, such as a file that grew
+        past ``max_size``) also keeps its target counterpart: the source still has it.
+        """
         dsts = [dst for dst in dsts if not dst.kept]
-        if not srcs and not dsts:
+        source_kept = any(src.kept for src in srcs)
+        srcs = [src for src in srcs if not src.kept]
+        if not srcs and (source_kept or not dsts):
             return
         if len(srcs) > 1:
             for src in srcs:
@@ -671,10 +679,12 @@ async def _list_sides(
         # deletes a folder that still holds one.
         mirror = job.mode == "mirror"
         if upload:
-            await scan_local(db, run_id, SRC, local, filt, job.follow_symlinks, summary)
+            await scan_local(
+                db, run_id, SRC, local, filt, job.follow_symlinks, summary, keep_skipped=mirror
+            )
             await scan_remote(db, run_id, DST, drive, remote, filt, mirror)
         else:
-            await scan_remote(db, run_id, SRC, drive, remote, filt)
+            await scan_remote(db, run_id, SRC, drive, remote, filt, mirror)
             # A local name that is not UTF-8 cannot match any drive name; only a mirror, which
             # would have to delete it, fails over it.
             await scan_local(db, run_id, DST, local, filt, False, summary, mirror, mirror)

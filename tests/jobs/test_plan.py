@@ -347,6 +347,45 @@ async def test_mirror_keeps_folders_holding_filtered_skipped_or_uploading_entrie
     assert summary.actions["delete"] == (3, 6)
 
 
+async def test_mirror_keeps_a_target_file_whose_source_the_filters_leave_out(
+    tmp_path: Path,
+) -> None:
+    """A source file that grew past max_size is still in the source: its smaller copy on the
+    drive passes the filter but is not deleted; a file the source lacks still is."""
+    local_tree(tmp_path / "src", {"grown.bin": b"x" * 100, "link-target": b"t"})
+    (tmp_path / "src" / "link").symlink_to("link-target")
+    drive = FakeDrive()
+    drive.put("/t/grown.bin", b"x" * 10)
+    drive.put("/t/link", b"uploaded before")
+    drive.put("/t/gone.bin", b"y")
+    job = upload_job(tmp_path, kind="sync", mode="mirror", max_size=50)
+    _, rows = await plan(tmp_path, job, drive)
+    assert [(r.action, r.key) for r in rows if r.action != "copy"] == [("delete", "gone.bin")]
+
+
+async def test_download_mirror_keeps_a_local_file_whose_drive_source_is_left_out(
+    tmp_path: Path,
+) -> None:
+    """The same for a download: the drive file grew past max_size, or is still uploading."""
+    local_tree(tmp_path / "dst", {"grown.bin": b"x" * 10, "part.bin": b"p", "gone.bin": b"g"})
+    drive = FakeDrive()
+    drive.put("/t/grown.bin", b"x" * 100)
+    drive.put("/t/part.bin", b"partial")
+    drive.placeholders.add("/t/part.bin")
+    job = JobSpec.model_validate(
+        {
+            "name": "dm",
+            "kind": "sync",
+            "mode": "mirror",
+            "source": "r:/t",
+            "target": str(tmp_path / "dst"),
+            "max_size": 50,
+        }
+    )
+    _, rows = await plan(tmp_path, job, drive)
+    assert [(r.action, r.key) for r in rows] == [("delete", "gone.bin")]
+
+
 def test_walk_keeps_a_row_for_each_entry_it_leaves_out_when_asked(tmp_path: Path) -> None:
     """keep_skipped lists excluded folders, filtered files and links as kept rows."""
     root = tmp_path / "dst"
