@@ -335,15 +335,14 @@ async def list_files(request: web.Request) -> web.Response:
         items = _search(st, folder, search) if search else st.store.children(folder.id)
         parent_json = file_json(st, folder, user, uri)
         capability = CAP_TRASH if uri.fs == "trash" else CAP_SHARE if uri.fs == "share" else CAP_MY
-    items = _sorted(items, order_by, direction, mixed=bool(search))
-    start = _cursor_start(items, request.query.get("next_page_token", ""))
-    page = items[start : start + page_size]
+    token = _parse_cursor(request.query.get("next_page_token", ""))
+    page, next_token = _cursor_page(items, order_by, direction, bool(search), token, page_size)
     known = None
     if folder is not None and not search:
         known = (file_uri(st, folder, uri), st.store.in_trash(folder))
     pagination: dict[str, Any] = {"page": 0, "page_size": page_size, "is_cursor": True}
-    if start + page_size < len(items):
-        pagination["next_token"] = _cursor_token(page[-1].id, start + page_size)
+    if next_token:
+        pagination["next_token"] = next_token
     body: dict[str, Any] = {
         "files": [file_json(st, f, user, uri, parent=known) for f in page],
         "pagination": pagination,
@@ -386,40 +385,95 @@ def _search(st: State, folder: FileRow, search: dict[str, list[str]]) -> list[Fi
     return found
 
 
-def _sorted(items: list[FileRow], order_by: str, direction: str, *, mixed: bool) -> list[FileRow]:
-    def key(item: FileRow) -> tuple[Any, ...]:
-        value: Any = {
-            "name": item.name,
-            "size": item.size,
-            "updated_at": item.updated_at,
-            "created_at": item.created_at,
-        }.get(order_by, item.id)
-        return (value, item.id)
+def _order_value(item: FileRow, order_by: str) -> Any:
+    """Return the value the real server orders by (the id when ``order_by`` is empty)."""
+    return {
+        "name": item.name,
+        "size": item.size,
+        "updated_at": item.updated_at,
+        "created_at": item.created_at,
+    }.get(order_by, item.id)
 
-    ordered = sorted(items, key=key, reverse=direction == "desc")
+
+def _cursor_page(
+    items: list[FileRow],
+    order_by: str,
+    direction: str,
+    mixed: bool,
+    token: dict[str, Any] | None,
+    page_size: int,
+) -> tuple[list[FileRow], str]:
+    """Return one page and its next token, as the real server's keyset cursor pagination.
+
+    Folders are listed before files (unless ``mixed``), each ordered by ``(value, id)``. The token
+    holds the last item's value and id, so items deleted or added between pages shift nothing.
+    A quirk of the real server is kept: when the folders still to list exactly fill a page, the
+    token names the last folder but says "continue with files", so the next page starts with the
+    files ordered after that folder and the files ordered before it are never listed.
+    """
+    desc = direction == "desc"
+    ordered = sorted(items, key=lambda f: (_order_value(f, order_by), f.id), reverse=desc)
     if mixed:
-        return ordered
-    return [f for f in ordered if f.is_folder] + [f for f in ordered if not f.is_folder]
+        queries = [ordered]
+    else:
+        queries = [[f for f in ordered if f.is_folder], [f for f in ordered if not f.is_folder]]
+        if token is not None and token["start_with_file"]:
+            queries = queries[1:]
+    if token is not None:
+        # Only the first query is filtered by the token, exactly as the real server does.
+        after = (_token_value(token, order_by), token["id"])
+        queries[0] = [
+            f
+            for f in queries[0]
+            if (
+                (_order_value(f, order_by), f.id) < after
+                if desc
+                else (_order_value(f, order_by), f.id) > after
+            )
+        ]
+    got = queries[0][: page_size + 1]
+    start_with_file = token is not None and bool(token["start_with_file"])
+    if len(got) < page_size + 1 and len(queries) > 1:
+        got += queries[1][: page_size + 1 - len(got)]
+        start_with_file = True
+    if len(got) <= page_size:
+        return got, ""
+    last = got[page_size - 1]
+    return got[:page_size], _cursor_token(last, order_by, start_with_file)
 
 
-def _cursor_token(last_id: int, offset: int) -> str:
-    raw = json.dumps({"last": hashids.encode(last_id, hashids.FILE), "offset": offset})
-    return base64.b64encode(raw.encode()).decode()
+def _token_value(token: dict[str, Any], order_by: str) -> Any:
+    """Return the token's value for this order; a value of another kind counts as zero, like
+    the real token's unset fields (a token reused with a different ``order_by``)."""
+    if order_by not in ORDER_BY:
+        return token["id"]
+    zero: Any = "" if order_by == "name" else 0
+    value = token["value"]
+    return value if isinstance(value, str) == isinstance(zero, str) else zero
 
 
-def _cursor_start(items: list[FileRow], token: str) -> int:
+def _cursor_token(last: FileRow, order_by: str, start_with_file: bool) -> str:
+    raw: dict[str, Any] = {"id": hashids.encode(last.id, hashids.FILE)}
+    if order_by in ORDER_BY:
+        raw["value"] = _order_value(last, order_by)
+    if start_with_file:
+        raw["start_with_file"] = True
+    return base64.b64encode(json.dumps(raw).encode()).decode()
+
+
+def _parse_cursor(token: str) -> dict[str, Any] | None:
+    """Decode a next_page_token; a bad one is code -1, as the real server's untyped error."""
     if not token:
-        return 0
+        return None
     try:
         parsed = json.loads(base64.b64decode(token, validate=True))
-        last = hashids.decode(str(parsed["last"]), hashids.FILE)
-        offset = int(parsed["offset"])
-    except (ValueError, KeyError, TypeError, hashids.HashIdError) as exc:
-        raise errors.param_error("Invalid next_page_token") from exc
-    for pos, item in enumerate(items):
-        if item.id == last:
-            return pos + 1
-    return offset
+        last = hashids.decode(str(parsed["id"]), hashids.FILE)
+        value = parsed.get("value", last)
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise TypeError("bad value")
+    except (ValueError, KeyError, TypeError, AttributeError, hashids.HashIdError) as exc:
+        raise ApiError(errors.NOT_SET, "") from exc
+    return {"id": last, "value": value, "start_with_file": bool(parsed.get("start_with_file"))}
 
 
 @routes.get("/api/v4/file/info")

@@ -33,7 +33,7 @@ async def test_s5_2_cursor_pagination_folders_first_and_no_token_on_last_page(ap
     """Pages follow next_token, folders come first, the last page has no next_token."""
     for i in range(5):
         await _create(api, f"cloudreve://my/d/f{i}")
-    for i in range(3):
+    for i in range(4):
         await _create(api, f"cloudreve://my/d/sub{i}", "folder")
     first = await api.ok("GET", "/file", params={"uri": "cloudreve://my/d", "page_size": "3"})
     assert [f["type"] for f in first["files"]] == [1, 1, 1]
@@ -41,8 +41,46 @@ async def test_s5_2_cursor_pagination_folders_first_and_no_token_on_last_page(ap
     assert first["props"]["max_page_size"] == 2000
     assert first["storage_policy"]["type"] == "local"
     items = await _list_all(api, "cloudreve://my/d", page_size="3")
-    assert [f["name"] for f in items] == ["sub0", "sub1", "sub2", "f0", "f1", "f2", "f3", "f4"]
-    assert len({f["id"] for f in items}) == 8
+    names = ["sub0", "sub1", "sub2", "sub3", "f0", "f1", "f2", "f3", "f4"]
+    assert [f["name"] for f in items] == names
+    assert len({f["id"] for f in items}) == 9
+
+
+async def test_s5_2_cursor_is_keyset_so_deleting_listed_items_skips_nothing(api: Api) -> None:
+    """The token names the last item's order value and id: deleting page 1 loses no item."""
+    for i in range(6):
+        await _create(api, f"cloudreve://my/k/f{i}")
+    params = {"uri": "cloudreve://my/k", "page_size": "2", "order_by": "name"}
+    first = await api.ok("GET", "/file", params=params)
+    gone = [f"cloudreve://my/k/{f['name']}" for f in first["files"]]
+    await api.ok("DELETE", "/file", json={"uris": gone, "skip_soft_delete": True})
+    token = first["pagination"]["next_token"]
+    rest = await _list_all(
+        api, "cloudreve://my/k", page_size="2", order_by="name", next_page_token=token
+    )
+    assert [f["name"] for f in rest] == ["f2", "f3", "f4", "f5"]
+
+
+async def test_s5_2_quirk_page_filled_by_folders_loses_files_ordered_before_them(
+    api: Api,
+) -> None:
+    """Real-server quirk (CE inventory/file_utils.go cursorPagination): when the remaining
+    folders exactly fill a page, the next page lists only files ordered after the last folder."""
+    for name in ("a.txt", "z.txt"):
+        await _create(api, f"cloudreve://my/q/{name}")
+    for i in range(3):
+        await _create(api, f"cloudreve://my/q/m{i}", "folder")
+    items = await _list_all(api, "cloudreve://my/q", page_size="3", order_by="name")
+    assert [f["name"] for f in items] == ["m0", "m1", "m2", "z.txt"]
+    whole = await _list_all(api, "cloudreve://my/q", page_size="4", order_by="name")
+    assert [f["name"] for f in whole] == ["m0", "m1", "m2", "a.txt", "z.txt"]
+
+
+async def test_s5_2_bad_next_page_token_is_code_minus_1(api: Api) -> None:
+    """An undecodable token fails as the real server's untyped error: code -1."""
+    params = {"uri": "cloudreve://my", "next_page_token": "not a token"}
+    _, body = await api.call("GET", "/file", params=params)
+    assert body["code"] == -1
 
 
 async def test_s5_2_page_size_capped_at_2000_and_default_100(api: Api) -> None:
