@@ -104,7 +104,10 @@ class UploadCore:
         if sess is None:
             raise CallbackFailed(errors.UPLOAD_SESSION_EXPIRED, "Upload session expired")
         if stored_size != sess.info.size:
-            raise CallbackFailed(errors.META_MISMATCH, "File size not match")
+            raise CallbackFailed(
+                errors.META_MISMATCH,
+                f"File size not match, expected: {sess.info.size}, actual: {stored_size}",
+            )
         try:
             await self.finish(sess)
         except ApiError as exc:
@@ -158,7 +161,12 @@ class UploadCore:
         expected = (
             info.size - start if info.chunk_size <= 0 else min(info.chunk_size, info.size - start)
         )
-        length = declared_length(request)
+        try:
+            # Like the real server's SniffContentLength: no length header reads as 0 bytes, and
+            # a header that is not a number fails the same length check.
+            length = declared_length(request) or 0
+        except ApiError:
+            length = -1
         if length != expected:
             raise ApiError(
                 errors.INVALID_CONTENT_LENGTH, f"Invalid Content-Length (expected: {expected})"
@@ -493,6 +501,9 @@ async def upload_chunk(request: web.Request) -> web.Response:
         index = int(request.match_info["index"])
     except ValueError as exc:
         raise errors.param_error() from exc
+    if index < 0:
+        # The real route binds the index with ``min=0``: a validation error, not 40012.
+        raise errors.param_error()
     sess = core.live(request.match_info["session_id"])
     if sess is None:
         raise ApiError(errors.UPLOAD_SESSION_EXPIRED, "Upload session expired or not exist")

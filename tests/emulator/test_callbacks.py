@@ -141,6 +141,7 @@ async def test_s6_9_callback_checks_order_and_statuses(
     drivers["s3"].objects[emu.state.store.sessions[sid].info.storage_key] = b"123"
     status, body = await capi.call("GET", f"/callback/s3/{sid}/{secret}")
     assert (status, body["code"]) == (400, 40055)
+    assert body["msg"] == "File size not match, expected: 7, actual: 3"
 
 
 async def test_s6_9_onedrive_failure_is_http_200(

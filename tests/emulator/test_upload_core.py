@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -123,10 +124,36 @@ async def test_s6_4_content_length_must_match_exactly(api: Api) -> None:
 
 
 async def test_s6_4_invalid_index_is_40012(api: Api) -> None:
-    """An index at or beyond the chunk count is 40012."""
+    """An index at or beyond the chunk count is 40012; a negative one fails binding (40001)."""
     sess = await _session(api, "cloudreve://my/a", 8)
     _, body = await _chunk(api, sess["session_id"], 2, b"xxxx")
     assert body["code"] == 40012
+    _, body = await _chunk(api, sess["session_id"], -1, b"xxxx")
+    assert body["code"] == 40001
+
+
+async def _chunked(api: Api, sid: str, index: int, data: bytes) -> dict:
+    async def body() -> AsyncIterator[bytes]:
+        if data:
+            yield data
+
+    url = f"{api.base}/api/v4/file/upload/{sid}/{index}"
+    async with api.session.post(url, data=body(), headers=api.headers()) as resp:
+        assert "Content-Length" not in resp.request_info.headers
+        answer: dict = await resp.json()
+        return answer
+
+
+async def test_s6_4_chunked_encoding_reads_as_length_0(api: Api) -> None:
+    """Without a length header the real server counts 0 bytes: 40013 for a non-empty chunk,
+    success for the one zero-length chunk of an empty file."""
+    sess = await _session(api, "cloudreve://my/c4", 4)
+    body = await _chunked(api, sess["session_id"], 0, b"abcd")
+    assert (body["code"], body["msg"]) == (40013, "Invalid Content-Length (expected: 4)")
+    sess = await _session(api, "cloudreve://my/c0", 0)
+    assert (await _chunked(api, sess["session_id"], 0, b""))["code"] == 0
+    info = await api.ok("GET", "/file/info", params={"uri": "cloudreve://my/c0"})
+    assert "sys:upload_session_id" not in (info["metadata"] or {})
 
 
 async def test_s6_4_short_body_is_50004(api: Api, emu: EmulatorHandle) -> None:
