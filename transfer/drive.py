@@ -16,7 +16,7 @@ from typing import Self
 import structlog
 
 from transfer.accounting import BandwidthLimiter
-from transfer.api import Capacity
+from transfer.api import Capacity, ListPage
 from transfer.backend import RemoteEntry, UploadJournal
 from transfer.client import DriveClient
 from transfer.config import PacerConfig, RemoteConfig, TransferConfig
@@ -132,9 +132,15 @@ class Drive:
         token = ""
         while True:
             page = await self.client.list_page(uri, page_size, token)
-            entries.extend(page.entries)
             if page.max_page_size > 0:
                 page_size = min(page_size, page.max_page_size)
+            if _may_skip_files(page, page_size):
+                # The server's cursor joins folders and files badly when the folders left exactly
+                # fill a page: the token names the last folder and "files next", and the files
+                # that sort before that folder are never listed. One item less per page makes the
+                # folders overflow it, so the token stays among the folders.
+                page = await self.client.list_page(uri, page_size - 1, token)
+            entries.extend(page.entries)
             if not page.next_token:
                 return entries
             if page.next_token in seen_tokens or not page.entries:
@@ -299,4 +305,18 @@ def _root_entry() -> RemoteEntry:
         updated_at=datetime.fromtimestamp(0, UTC),
         id="",
         uri=ROOT_URI,
+    )
+
+
+def _may_skip_files(page: ListPage, page_size: int) -> bool:
+    """True when ``page`` may hide files: a full page of folders only, with more to come.
+
+    Cloudreve's cursor (CE ``inventory/file_utils.go`` ``cursorPagination``) ends such a page
+    with a token that resumes after the last folder's sort key among the files only.
+    """
+    return (
+        page_size > 1
+        and bool(page.next_token)
+        and len(page.entries) == page_size
+        and all(entry.is_dir for entry in page.entries)
     )

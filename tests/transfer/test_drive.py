@@ -43,6 +43,26 @@ async def test_br29_walk_follows_every_page_and_yields_folders(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("folders", [3, 6])
+async def test_br29_folders_that_fill_pages_hide_no_files(
+    emu: EmulatorHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, folders: int
+) -> None:
+    """When the folders left exactly fill a page, the server's token skips files that sort
+    before the last folder (CE cursorPagination); the listing still returns every entry."""
+    monkeypatch.setattr("transfer.drive._PAGE_SIZE", 3)
+    src = tmp_path / "one"
+    src.write_bytes(b"x")
+    journal = MemoryJournal()
+    async with connected(emu, tmp_path) as drive:
+        for name in ("a.txt", "b.txt"):
+            await drive.upload(src, f"/q/{name}", overwrite=False, journal=journal, key=name)
+        for i in range(folders):
+            await drive.mkdir(f"/q/m{i}")
+        names = sorted(e.name for e in await drive.list("/q"))
+    assert names == ["a.txt", "b.txt", *(f"m{i}" for i in range(folders))]
+
+
+@pytest.mark.anyio
 async def test_br29_repeated_page_token_is_listing_inconsistent(
     emu: EmulatorHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
