@@ -194,14 +194,10 @@ def walk_local(
     ]
     while stack:
         rel_dir, ancestors = stack.pop()
-        folder = root / rel_dir if rel_dir else root
-        try:
-            with os.scandir(folder) as entries:
-                listed = list(entries)
-        except OSError as exc:
-            batch.append(WalkIssue(rel_dir or ".", "unreadable", exc.strerror or str(exc), True))
-            continue
-        for entry in listed:
+        for entry in _entries(root / rel_dir if rel_dir else root, rel_dir or "."):
+            if isinstance(entry, WalkIssue):
+                batch.append(entry)
+                continue
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             item = _local_entry(entry, rel, filt, follow_symlinks, ancestors, bad_names_fail)
             skipped = item is None or isinstance(item, WalkIssue)
@@ -219,6 +215,19 @@ def walk_local(
                 batch = []
     if batch:
         yield batch
+
+
+def _entries(folder: Path, shown: str) -> Iterator[os.DirEntry[str] | WalkIssue]:
+    """Yield the entries of one folder as the OS reads them; a failure ends them as an issue.
+
+    The entries are not collected first: a folder of a million files must not need a million
+    ``DirEntry`` objects (with their cached ``stat``) in memory.
+    """
+    try:
+        with os.scandir(folder) as entries:
+            yield from entries
+    except OSError as exc:
+        yield WalkIssue(shown, "unreadable", exc.strerror or str(exc), True)
 
 
 def _local_entry(

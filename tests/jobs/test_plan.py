@@ -416,3 +416,41 @@ async def test_plan_above_max_delete_says_the_deletes_are_refused_and_by_how_man
         tmp_path, upload_job(tmp_path, kind="sync", mode="mirror", max_delete=6), drive
     )
     assert (within.deletes_refused, within.issues) == (False, [])
+
+
+def test_walk_of_a_large_folder_yields_batches_before_it_has_read_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder is read as the walk goes: its first batch comes before its 2,500 entries."""
+    root = tmp_path / "src"
+    root.mkdir()
+    for i in range(2500):
+        (root / f"f{i:05d}").touch()
+    drawn = 0
+    real_scandir = os.scandir
+
+    class Counting:
+        def __init__(self, path: Path) -> None:
+            self._inner = real_scandir(path)
+
+        def __enter__(self) -> Counting:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self._inner.close()
+
+        def __iter__(self) -> Counting:
+            return self
+
+        def __next__(self) -> os.DirEntry[str]:
+            nonlocal drawn
+            entry = next(self._inner)
+            drawn += 1
+            return entry
+
+    monkeypatch.setattr(os, "scandir", Counting)
+    walker = walk_local(root, Filter())
+    first = next(walker)
+    assert len(first) == 1000
+    assert drawn <= 1001
+    assert sum(len(batch) for batch in walker) + len(first) == 2500
