@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import ssl
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
@@ -144,10 +145,20 @@ class RemoteSpec(BaseModel):
 
     @field_validator("ca_bundle", mode="before")
     @classmethod
-    def _ca(cls, value: object) -> object:
+    def _ca(cls, value: object, info: ValidationInfo) -> object:
         if not isinstance(value, str):
             raise ValueError("expected a path string")
-        return Path(value).expanduser()
+        path = Path(value).expanduser()
+        base = (info.context or {}).get("base", Path.cwd())
+        path = path if path.is_absolute() else (base / path).resolve()
+        # Loading it here (local, contacts nothing) turns a missing or malformed bundle into a
+        # config error instead of a crash when the first connection is opened.
+        try:
+            ssl.create_default_context(cafile=str(path))
+        except OSError as exc:  # ssl.SSLError included
+            reason = exc.strerror or str(exc)
+            raise ValueError(f"cannot load CA bundle {str(path)!r}: {reason}") from exc
+        return path
 
 
 class StateSpec(BaseModel):

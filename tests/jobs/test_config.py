@@ -114,6 +114,13 @@ BAD_CASES = [
     ),
     ("bad toml", 'email = "me@example.com"', "email = me@example.com", 3, "email"),
     ("mirror on upload", 'kind = "upload"', 'kind = "upload"\nmode = "mirror"', 16, "jobs[0].mode"),
+    (
+        "missing ca bundle",
+        'password_env = "FERRY_TEST_PASSWORD"',
+        'password_env = "FERRY_TEST_PASSWORD"\nca_bundle = "no-such-ca.pem"',
+        5,
+        "remotes.home.ca_bundle",
+    ),
 ]
 
 
@@ -265,3 +272,28 @@ async def test_due_looks_past_any_number_of_dry_runs(tmp_path: Path) -> None:
             dry = await db.start_run(job_id)
             await db.finish_run(dry, status="dry_run", exit_code=0, counts={})
         assert not await _is_due(db, scheduled, datetime.now())
+
+
+def test_ca_bundle_resolves_beside_the_file_and_must_hold_certificates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative ca_bundle is read beside the config file, whatever the working folder; a
+    file without certificates is a config error naming the key."""
+    from tests.jobs.tls import self_signed
+
+    cert, _ = self_signed(tmp_path / "certs")
+    text = GOOD.replace(
+        'password_env = "FERRY_TEST_PASSWORD"',
+        'password_env = "FERRY_TEST_PASSWORD"\nca_bundle = "certs/cert.pem"',
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_config(write(tmp_path, text), tmp_path)
+    assert config.remotes["home"].ca_bundle == cert
+
+    cert.write_text("not a certificate\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), tmp_path)
+    [issue] = info.value.issues
+    assert (issue.line, issue.key) == (5, "remotes.home.ca_bundle")
