@@ -417,3 +417,28 @@ async def test_onedrive_empty_file_is_not_re_sent_on_every_run(tmp_path: Path) -
         assert again.returncode == 0, again.stderr.decode()
         assert b"0 file(s) / 0 B transferred, 2 unchanged" in again.stdout
         assert emu.requests.count("PUT", "/api/v4/file/content") == 1
+
+
+async def test_tls_is_verified_by_default_and_ca_bundle_trusts_a_private_ca(
+    tmp_path: Path,
+) -> None:
+    """A self-signed server is refused (exit 6, nothing sent) until ca_bundle names its CA."""
+    from tests.jobs.tls import self_signed, tls_front
+
+    cert, key = self_signed(tmp_path / "certs")
+    make_tree(tmp_path / "src")
+    async with emulator(tmp_path) as emu, tls_front(emu.url, cert, key) as url:
+        plain = write_config(tmp_path, url, UPLOAD)
+        refused = await ferry(plain, "run")
+        assert refused.returncode == 6, refused.stderr.decode()
+        assert b"certificate verify failed" in refused.stderr.lower()
+        assert emu.requests.count("POST", CHUNK_ROUTE) == 0
+
+        trusted = plain.read_text().replace(
+            'password_env = "FERRY_E2E_PASSWORD"',
+            'password_env = "FERRY_E2E_PASSWORD"\nca_bundle = "certs/cert.pem"',
+        )
+        plain.write_text(trusted)
+        done = await ferry(plain, "run")
+        assert done.returncode == 0, done.stderr.decode()
+        assert emu.file(EMAIL, "/backup/a.txt") is not None
