@@ -384,6 +384,8 @@ async def _plan_locked(config: AppConfig, connect: _Connector, job: JobSpec, lim
     try:
         async with StateDB.open(_state_path(config)) as db:
             run_id = await db.start_run(await db.job_id(job.name))
+            # A dry run logs like a run: every line names its job and run.
+            structlog.contextvars.bind_contextvars(job_id=job.name, run_id=run_id)
             try:
                 async with connect(job, DriveOptions(None, None)) as drive:
                     summary = await plan_job(db, run_id, job, drive, now=time.time)
@@ -394,6 +396,7 @@ async def _plan_locked(config: AppConfig, connect: _Connector, job: JobSpec, lim
             finally:
                 with anyio.CancelScope(shield=True):
                     await db.finish_run(run_id, status="dry_run", exit_code=0, counts={})
+                structlog.contextvars.unbind_contextvars("job_id", "run_id")
     except AuthError as exc:
         print(f"ferry: authentication failed: {exc}", file=sys.stderr)
         return EXIT_AUTH

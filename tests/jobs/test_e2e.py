@@ -8,6 +8,7 @@ files stay small.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -442,3 +443,15 @@ async def test_tls_is_verified_by_default_and_ca_bundle_trusts_a_private_ca(
         done = await ferry(plain, "run")
         assert done.returncode == 0, done.stderr.decode()
         assert emu.file(EMAIL, "/backup/a.txt") is not None
+
+
+async def test_plan_log_lines_carry_the_job_and_run_ids(tmp_path: Path) -> None:
+    """`ferry plan` binds job_id and run_id like a run: its warnings name both."""
+    make_tree(tmp_path / "src")
+    (tmp_path / "src" / "link").symlink_to("a.txt")
+    async with emulator(tmp_path) as emu:
+        done = await ferry(write_config(tmp_path, emu.url, UPLOAD), "plan", "--job", "up")
+    assert done.returncode == 0, done.stderr.decode()
+    [line] = [json.loads(s) for s in done.stderr.splitlines() if b"symlink_skipped" in s]
+    assert (line["job_id"], line["path"]) == ("up", "link")
+    assert isinstance(line["run_id"], int)
