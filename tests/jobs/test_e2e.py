@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -455,3 +456,36 @@ async def test_plan_log_lines_carry_the_job_and_run_ids(tmp_path: Path) -> None:
     [line] = [json.loads(s) for s in done.stderr.splitlines() if b"symlink_skipped" in s]
     assert (line["job_id"], line["path"]) == ("up", "link")
     assert isinstance(line["run_id"], int)
+
+
+async def test_secrets_from_a_command_and_totp_never_reach_output(tmp_path: Path) -> None:
+    """A password_command password and a TOTP secret are never printed, even on failures."""
+    import pyotp
+
+    secret = pyotp.random_base32()
+    (tmp_path / "pw.py").write_text(f"print({PASSWORD!r})\n")
+    make_tree(tmp_path / "src")
+    async with running_emulator(
+        tmp_path, users={EMAIL: PASSWORD}, chunk_size=CHUNK, totp_secrets={EMAIL: secret}
+    ) as emu:
+        config = write_config(tmp_path, emu.url, UPLOAD)
+        config.write_text(
+            config.read_text().replace(
+                'password_env = "FERRY_E2E_PASSWORD"',
+                f'password_command = [{sys.executable!r}, "pw.py"]\n'
+                'totp_secret_env = "FERRY_E2E_TOTP"',
+            )
+        )
+        env = {**os.environ, "FERRY_E2E_TOTP": secret}
+        runs = []
+        for totp in (secret, pyotp.random_base32()):
+            env["FERRY_E2E_TOTP"] = totp
+            # Without cached tokens every run signs in, so the wrong secret is used.
+            shutil.rmtree(tmp_path / "state" / "tokens", ignore_errors=True)
+            command = [sys.executable, "-m", "jobs", "-v", "run", str(config)]
+            runs.append(await anyio.run_process(command, env=env, check=False, cwd=tmp_path))
+    assert [done.returncode for done in runs] == [0, 3], runs[1].stderr.decode()
+    for done in runs:
+        output = done.stdout + done.stderr
+        assert PASSWORD.encode() not in output
+        assert secret.encode() not in output
