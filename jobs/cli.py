@@ -445,13 +445,23 @@ async def _run(
     codes: list[int] = []
     connect = _Connector(config, remotes)
     use_bars = sys.stderr.isatty() and not args.no_progress
+    failure: OSError | sqlite3.Error | None = None
     async with StateDB.open(_state_path(config)) as db, anyio.create_task_group() as tg:
         tg.start_soon(_watch_signals, tg.cancel_scope, interrupt)
-        for job in jobs:
-            if args.due and not await _is_due(db, job, datetime.now()):
-                continue
-            codes.append(await _run_locked(config, db, job, connect, use_bars, interrupt, args))
+        try:
+            for job in jobs:
+                if args.due and not await _is_due(db, job, datetime.now()):
+                    continue
+                codes.append(await _run_locked(config, db, job, connect, use_bars, interrupt, args))
+        except BrokenPipeError:
+            raise
+        except (OSError, sqlite3.Error) as exc:
+            # Raised outside the task group, so _command reports it as a state error rather
+            # than the group's traceback.
+            failure = exc
         tg.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
     if interrupt.signum is not None:
         return 128 + interrupt.signum
     return worst_exit(codes)

@@ -297,3 +297,17 @@ def test_ca_bundle_resolves_beside_the_file_and_must_hold_certificates(
         load_config(write(tmp_path, text), tmp_path)
     [issue] = info.value.issues
     assert (issue.line, issue.key) == (5, "remotes.home.ca_bundle")
+
+
+def test_unusable_state_folder_during_a_run_exits_2_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token cache folder that cannot be made stops `ferry run` as a state error, exit 2."""
+    monkeypatch.setenv("FERRY_TEST_PASSWORD", "not-used")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "tokens").write_text("a file where the token folder goes")
+    code = main(["run", str(write(tmp_path, GOOD)), "--job", "photos"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "state error" in err
+    assert "Traceback" not in err
