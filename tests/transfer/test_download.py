@@ -220,3 +220,23 @@ async def test_s7_changed_file_restarts_part_even_when_the_entry_lacks_its_entit
         assert entry2 is not None
         await drive.download(replace(entry2, primary_entity=None), out)
     assert out.read_bytes() == new
+
+
+@pytest.mark.anyio
+async def test_br26_404_on_a_cached_url_fetches_one_fresh_url(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """A 404 on the first URL (blob relocated) costs one fresh, uncached POST /file/url."""
+    data = os.urandom(2 * CHUNK + 7)
+    async with connected(emu, tmp_path) as drive:
+        await _put(drive, tmp_path, "/d/moved.bin", data)
+        entry = await drive.stat("/d/moved.bin")
+        assert entry is not None
+        emu.requests.clear()
+        emu.faults.fail("GET", CONTENT_ROUTE, status=404, html="Entity data does not exist.")
+        got: list[int] = []
+        await drive.download(entry, tmp_path / "moved.bin", progress=got.append)
+    assert (tmp_path / "moved.bin").read_bytes() == data
+    assert emu.requests.count("POST", "/api/v4/file/url") == 2
+    assert emu.requests.statuses("GET", CONTENT_ROUTE) == [404, 200]
+    assert sum(got) == len(data)

@@ -79,6 +79,24 @@ async def test_br29_repeated_page_token_is_listing_inconsistent(
 
 
 @pytest.mark.anyio
+async def test_br29_empty_page_with_a_token_is_listing_inconsistent(
+    emu: EmulatorHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty page that still carries a next token aborts after that one page."""
+    calls: list[str] = []
+    async with connected(emu, tmp_path) as drive:
+
+        async def empty_page(uri: str, page_size: int, next_token: str = "") -> ListPage:
+            calls.append(next_token)
+            return ListPage(entries=[], next_token=f"t{len(calls)}", max_page_size=2000)
+
+        monkeypatch.setattr(drive.client, "list_page", empty_page)
+        with pytest.raises(ListingInconsistent):
+            await drive.list("/")
+    assert calls == [""]
+
+
+@pytest.mark.anyio
 async def test_s5_missing_paths(emu: EmulatorHandle, tmp_path: Path) -> None:
     """A missing walk root yields nothing, stat gives None, deleting missing paths is fine."""
     async with connected(emu, tmp_path) as drive:

@@ -443,3 +443,38 @@ async def test_br11_abandoned_session_leaves_no_placeholder(
         assert not await drive.abandon_upload(journal, "k")
         assert await drive.stat("/g/gone.bin") is None
     assert "k" not in journal.sessions
+
+
+@pytest.mark.anyio
+async def test_br10_session_the_server_dropped_is_replaced_and_sent_from_chunk_0(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """A journaled session still valid by its expires but unknown to the server (40011) is
+    cancelled, a new one opened and every chunk sent again: one whole file, no placeholder."""
+    src = _file(tmp_path, "drop.bin", 3 * CHUNK)
+    journal = MemoryJournal()
+    emu.faults.fail("POST", CHUNK_ROUTE, nth=2, times=100, status=503)
+    strict = PacerConfig(min_sleep_s=0.0, max_sleep_s=0.01, max_attempts=1)
+    no_retry = TransferConfig(chunk_concurrency=1, file_retries=0)
+    async with connected(emu, tmp_path, pacer=strict, transfer=no_retry) as drive:
+        with pytest.raises(UploadFailed):
+            await drive.upload(src, "/e/drop.bin", overwrite=False, journal=journal, key="k")
+    old = journal.sessions["k"].session_id
+    emu.faults.clear()
+    assert emu.faults.expire_session(old)
+    emu.requests.clear()
+    async with connected(emu, tmp_path) as drive:
+        entry = await drive.upload(src, "/e/drop.bin", overwrite=False, journal=journal, key="k")
+        listing = await drive.list("/e")
+    assert entry.size == 3 * CHUNK
+    assert [(e.name, e.uploading) for e in listing] == [("drop.bin", False)]
+    # Chunk 1 meets 40011, is replayed once after a token refresh (the symptom is the same as
+    # an expired token's), then the new session gets every index.
+    assert _indices(emu) == [1, 1, 0, 1, 2]
+    sessions = emu.requests.param_values("POST", CHUNK_ROUTE, "session_id")
+    assert sessions[:2] == [old, old]
+    assert len(set(sessions[2:])) == 1
+    assert old not in sessions[2:]
+    assert emu.requests.count("DELETE", "/api/v4/file/upload") == 1
+    assert emu.requests.count("PUT", "/api/v4/file/upload") == 1
+    assert "k" not in journal.sessions
