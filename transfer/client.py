@@ -166,6 +166,8 @@ class DriveClient:
         self._generation = 0
         self._auth_lock = anyio.Lock()
         self._auth_failure: tuple[int, AuthError] | None = None
+        self._renew_failures = 0
+        self._renew_error: FerryError | None = None
         self._skew_s = 0.0
         self._skew_from_token = False
         self.expected_call_s = 0.0
@@ -412,27 +414,44 @@ class DriveClient:
         return remaining < margin
 
     async def _renew(self, seen_generation: int) -> None:
-        """Refresh or sign in again, unless another worker did since ``seen_generation``."""
+        """Refresh or sign in again, unless another worker did since ``seen_generation``.
+
+        Workers that waited while a renewal failed fail with its error instead of repeating
+        it, so a refresh route that keeps failing costs one renewal (with its own retries) per
+        round of callers, not one per caller.
+        """
+        failures = self._renew_failures
         async with self._auth_lock:
             if self._generation != seen_generation and self._token is not None:
                 return
             if self._auth_failure is not None and self._auth_failure[0] == seen_generation:
                 # Workers queued behind a failed sign-in fail with it instead of retrying it.
                 raise self._auth_failure[1]
-            token = self._token
-            new: Token | None = None
-            if token is not None and token.refresh_expires.timestamp() > self.server_time():
-                try:
-                    new = await self._refresh(token)
-                except AuthError as exc:
-                    log.info("token_refresh_rejected", api_code=exc.code, request_id=exc.request_id)
-            if new is None:
-                try:
-                    new = await self._sign_in()
-                except AuthError as exc:
-                    self._auth_failure = (seen_generation, exc)
-                    raise
-            self._set_token(new)
+            if self._renew_failures != failures and self._renew_error is not None:
+                raise self._renew_error
+            try:
+                await self._renew_locked(seen_generation)
+            except FerryError as exc:
+                self._renew_failures += 1
+                self._renew_error = exc
+                raise
+
+    async def _renew_locked(self, seen_generation: int) -> None:
+        """Refresh the token, or sign in when there is none or the refresh is rejected."""
+        token = self._token
+        new: Token | None = None
+        if token is not None and token.refresh_expires.timestamp() > self.server_time():
+            try:
+                new = await self._refresh(token)
+            except AuthError as exc:
+                log.info("token_refresh_rejected", api_code=exc.code, request_id=exc.request_id)
+        if new is None:
+            try:
+                new = await self._sign_in()
+            except AuthError as exc:
+                self._auth_failure = (seen_generation, exc)
+                raise
+        self._set_token(new)
 
     def _set_token(self, token: Token) -> None:
         issued = _jwt_issued_at(token.access_token)

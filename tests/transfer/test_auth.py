@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from emulator.testing import EmulatorHandle, running_emulator
 from tests.transfer.roundtrip import MemoryJournal, connected, remote_config
-from transfer import AuthError, Drive, PacerConfig
+from transfer import AuthError, Drive, PacerConfig, ServerError
 
 TOKEN_ROUTE = "/api/v4/session/token"
 REFRESH_ROUTE = "/api/v4/session/token/refresh"
@@ -107,6 +107,57 @@ async def test_br15_refresh_rejected_and_sign_in_failing_stops_every_worker(
 
 
 @pytest.mark.anyio
+async def test_br15_failing_refresh_route_is_tried_once_per_round_not_per_worker(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """8 workers, the refresh route answering 502: workers that waited on a failed refresh
+    share its error, so refreshes are bounded by attempts x attempts, not x 8 workers."""
+    failures: list[ServerError] = []
+
+    async def worker(drive: Drive) -> None:
+        try:
+            await drive.capacity()
+        except ServerError as exc:
+            failures.append(exc)
+
+    fast = PacerConfig(min_sleep_s=0.0, max_sleep_s=0.001, max_attempts=3)
+    async with connected(emu, tmp_path, pacer=fast) as drive:
+        emu.faults.expire_tokens()
+        emu.requests.clear()
+        emu.faults.fail("POST", REFRESH_ROUTE, status=502, html="<h1>Bad Gateway</h1>", times=999)
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(worker, drive)
+    assert len(failures) == 8
+    assert all(exc.retryable and not exc.fatal for exc in failures)
+    assert emu.requests.count("POST", REFRESH_ROUTE) <= 3 * 3
+    assert emu.requests.count("GET", "/api/v4/user/capacity") <= 8 * 3
+    assert emu.requests.count("POST", TOKEN_ROUTE) == 0
+
+
+@pytest.mark.anyio
+async def test_br15_refresh_failing_once_then_recovering_serves_every_worker(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """A refresh that fails once is tried again on the next round and all 8 workers finish."""
+    fast = PacerConfig(min_sleep_s=0.0, max_sleep_s=0.001, max_attempts=3)
+    results: list[int] = []
+
+    async def worker(drive: Drive) -> None:
+        results.append((await drive.capacity()).total)
+
+    async with connected(emu, tmp_path, pacer=fast) as drive:
+        emu.faults.expire_tokens()
+        emu.requests.clear()
+        emu.faults.fail("POST", REFRESH_ROUTE, status=502, html="<h1>Bad Gateway</h1>", times=1)
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(worker, drive)
+    assert len(results) == 8
+    assert emu.requests.count("POST", REFRESH_ROUTE) == 2
+
+
+@pytest.mark.anyio
 async def test_s2_sign_out_revokes_and_forgets_tokens(emu: EmulatorHandle, tmp_path: Path) -> None:
     """sign_out calls DELETE /session/token and removes the cache file."""
     async with connected(emu, tmp_path) as drive:
@@ -169,6 +220,32 @@ async def test_s2_3_proactive_refresh_before_expiry(tmp_path: Path) -> None:
             assert client.refreshes == 1
         assert emu.requests.count("POST", REFRESH_ROUTE) == 1
         assert emu.requests.count("GET", "/api/v4/user/capacity") == 2
+
+
+@pytest.mark.anyio
+async def test_br16_refresh_ahead_of_a_chunk_longer_than_the_token_has_left(
+    tmp_path: Path,
+) -> None:
+    """With 23 min of token life left, no refresh for quick calls; once chunks take 25 min the
+    token is refreshed before the next call instead of expiring mid-chunk."""
+    from transfer.client import DriveClient
+    from transfer.pacer import Pacer
+
+    async with running_emulator(tmp_path, token_ttl=3600) as emu:
+        now = [1_000_000.0]
+        pacer = Pacer(PacerConfig(min_sleep_s=0.0))
+        client = DriveClient(
+            remote_config(emu), token_cache=tmp_path / "t.json", pacer=pacer, clock=lambda: now[0]
+        )
+        async with client:
+            await client.ensure_signed_in()
+            now[0] += 2220
+            await client.capacity()
+            assert client.refreshes == 0
+            client.expected_call_s = 1500.0
+            await client.capacity()
+            assert client.refreshes == 1
+        assert emu.requests.count("POST", REFRESH_ROUTE) == 1
 
 
 @pytest.mark.anyio
