@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,7 +18,8 @@ from pydantic import BaseModel, ValidationError
 
 from jobs.errors import ConfigError, ConfigIssue
 from jobs.spec import REMOTE_RE as _REMOTE_RE
-from jobs.spec import DefaultsSpec, JobSpec, RemoteSpec, StateSpec
+from jobs.spec import DefaultsSpec, Endpoint, JobSpec, RemoteSpec, StateSpec, parse_endpoint
+from jobs.units import parse_size
 
 __all__ = ["AppConfig", "load_config"]
 
@@ -31,6 +32,7 @@ _TOML_POS_RE = re.compile(r"\(at line (\d+), column (\d+)\)")
 
 Loc = tuple[str | int, ...]
 _M = TypeVar("_M", bound=BaseModel)
+_T = TypeVar("_T")
 
 
 def _split_dotted(text: str) -> tuple[str, ...]:
@@ -117,17 +119,32 @@ class _Collector:
         context: dict[str, Any],
         skip: frozenset[str] = frozenset(),
     ) -> _M | None:
+        """Validate ``data`` as ``model``; report each error not under a key in ``skip``."""
+        return self.validate_fields(model, data, loc, context, skip)[0]
+
+    def validate_fields(
+        self,
+        model: type[_M],
+        data: object,
+        loc: Loc,
+        context: dict[str, Any],
+        skip: frozenset[str] = frozenset(),
+    ) -> tuple[_M | None, frozenset[str]]:
+        """Like :meth:`validate`, and also return the top-level keys that failed."""
         try:
-            return model.model_validate(data, context=context)
+            return model.model_validate(data, context=context), frozenset()
         except ValidationError as exc:
+            broken: set[str] = set()
             for error in exc.errors():
                 err_loc = tuple(error["loc"])
+                if err_loc:
+                    broken.add(str(err_loc[0]))
                 if err_loc and err_loc[0] in skip:
                     continue
                 message = _message(error["type"], error["msg"])
                 line_loc = loc if error["type"] == "missing" else loc + err_loc
                 self.add(loc + err_loc, message, line_loc)
-            return None
+            return None, frozenset(broken)
 
 
 def _message(kind: str, text: str) -> str:
@@ -169,14 +186,16 @@ def load_config(path: Path, default_state_dir: Path) -> AppConfig:
     state = collect.validate(StateSpec, raw.get("state", {}), ("state",), context)
     defaults_raw = raw.get("defaults", {})
     defaults_ok = collect.validate(DefaultsSpec, defaults_raw, ("defaults",), context)
-    jobs = _load_jobs(raw.get("jobs", []), defaults_raw, defaults_ok is not None, collect, context)
+    jobs, views = _load_jobs(
+        raw.get("jobs", []), defaults_raw, defaults_ok is not None, collect, context
+    )
     _check_remote_refs(raw.get("jobs", []), raw.get("remotes", {}), collect)
-    _check_jobs(jobs, collect)
+    _check_jobs(views, collect)
     if collect.issues:
         raise ConfigError(sorted(collect.issues, key=lambda issue: issue.line))
     state_dir = state.path if state is not None and state.path is not None else default_state_dir
 
-    return AppConfig(path, remotes, state_dir, tuple(job for _, job in jobs), locator)
+    return AppConfig(path, remotes, state_dir, tuple(jobs), locator)
 
 
 def _syntax_issue(path: Path, text: str, exc: tomllib.TOMLDecodeError) -> ConfigIssue:
@@ -209,13 +228,15 @@ def _load_remotes(
                 "secrets are never read from the config file: use password_env or password_command",
             )
             body = {k: v for k, v in body.items() if k != "password"}
-        spec = collect.validate(RemoteSpec, body, loc, context)
-        if spec is None:
-            continue
-        if (spec.password_env is None) == (spec.password_command is None):
+        # Checked on the keys present, so that it is reported together with any bad value.
+        one_secret = not isinstance(body, dict) or (
+            ("password_env" in body) != ("password_command" in body)
+        )
+        if not one_secret:
             collect.add(loc, "set exactly one of password_env or password_command")
-            continue
-        remotes[name] = spec
+        spec = collect.validate(RemoteSpec, body, loc, context)
+        if spec is not None and one_secret:
+            remotes[name] = spec
 
     return remotes
 
@@ -226,12 +247,14 @@ def _load_jobs(
     defaults_ok: bool,
     collect: _Collector,
     context: dict[str, Any],
-) -> list[tuple[int, JobSpec]]:
+) -> tuple[list[JobSpec], list[_JobView]]:
+    """Validate every job; return the valid ones and a view of each job for the rules."""
     if not isinstance(raw, list):
         collect.add(("jobs",), "expected [[jobs]] entries")
-        return []
+        return [], []
     base = defaults if isinstance(defaults, dict) and defaults_ok else {}
-    jobs: list[tuple[int, JobSpec]] = []
+    jobs: list[JobSpec] = []
+    views: list[_JobView] = []
     for index, body in enumerate(raw):
         loc: Loc = ("jobs", index)
         if not isinstance(body, dict):
@@ -239,25 +262,74 @@ def _load_jobs(
             continue
         inherited = frozenset(k for k in base if k not in body)
         merged = {**base, **body}
-        spec = collect.validate(JobSpec, merged, loc, context, skip=inherited)
+        spec, broken = collect.validate_fields(JobSpec, merged, loc, context, skip=inherited)
         if spec is not None:
-            jobs.append((index, spec))
+            jobs.append(spec)
+        views.append(_JobView.build(loc, merged, broken, context["base"]))
 
-    return jobs
+    return jobs, views
 
 
-def _check_jobs(jobs: list[tuple[int, JobSpec]], collect: _Collector) -> None:
+@dataclass(frozen=True, slots=True)
+class _JobView:
+    """What the cross-field rules read of one job: each field whose own value is valid.
+
+    A field that is unset, or broken (already reported), is None, so a job with bad fields is
+    still checked for every rule its good fields allow.
+    """
+
+    loc: Loc
+    name: str | None
+    kind: str | None
+    mode: str | None
+    source: Endpoint | None
+    target: Endpoint | None
+    min_size: int | None
+    max_size: int | None
+
+    @classmethod
+    def build(
+        cls,
+        loc: Loc,
+        merged: dict[str, object],
+        broken: frozenset[str],
+        base: Path,
+    ) -> _JobView:
+        """Read the fields of ``merged`` (defaults and job keys) that are not ``broken``."""
+
+        def good(key: str) -> object:
+            return None if key in broken else merged.get(key)
+
+        def parsed(key: str, parse: Callable[[Any], _T]) -> _T | None:
+            value = good(key)
+            return None if value is None else parse(value)
+
+        mode = good("mode")
+
+        return cls(
+            loc=loc,
+            name=parsed("name", str),
+            kind=parsed("kind", str),
+            mode=None if "mode" in broken else str(mode or "copy"),
+            source=parsed("source", lambda text: parse_endpoint(text, base)),
+            target=parsed("target", lambda text: parse_endpoint(text, base)),
+            min_size=parsed("min_size", parse_size),
+            max_size=parsed("max_size", parse_size),
+        )
+
+
+def _check_jobs(views: list[_JobView], collect: _Collector) -> None:
     seen: set[str] = set()
-    for index, job in jobs:
-        loc: Loc = ("jobs", index)
-        if job.name in seen:
-            collect.add((*loc, "name"), f"duplicate job name {job.name!r}")
-        seen.add(job.name)
-        _check_direction(job, loc, collect)
-        if job.mode == "mirror" and job.kind != "sync":
-            collect.add((*loc, "mode"), 'mode = "mirror" applies to kind = "sync" only')
+    for job in views:
+        if job.name is not None:
+            if job.name in seen:
+                collect.add((*job.loc, "name"), f"duplicate job name {job.name!r}")
+            seen.add(job.name)
+        _check_direction(job, collect)
+        if job.mode == "mirror" and job.kind in ("upload", "download"):
+            collect.add((*job.loc, "mode"), 'mode = "mirror" applies to kind = "sync" only')
         if job.min_size is not None and job.max_size is not None and job.min_size > job.max_size:
-            collect.add((*loc, "min_size"), "min_size is larger than max_size")
+            collect.add((*job.loc, "min_size"), "min_size is larger than max_size")
 
 
 def _check_remote_refs(raw: object, remotes: Mapping[str, object], collect: _Collector) -> None:
@@ -271,7 +343,10 @@ def _check_remote_refs(raw: object, remotes: Mapping[str, object], collect: _Col
                 collect.add(("jobs", index, side), f"unknown remote {match[1]!r} (known: {known})")
 
 
-def _check_direction(job: JobSpec, loc: Loc, collect: _Collector) -> None:
+def _check_direction(job: _JobView, collect: _Collector) -> None:
+    if job.source is None or job.target is None:
+        return
+    loc = job.loc
     src, dst = job.source.is_remote, job.target.is_remote
     if job.kind == "upload" and (src or not dst):
         collect.add((*loc, "kind"), "upload needs a local source and a REMOTE:/path target")

@@ -311,3 +311,54 @@ def test_unusable_state_folder_during_a_run_exits_2_without_a_traceback(
     assert code == 2, err
     assert "state error" in err
     assert "Traceback" not in err
+
+
+ONE_PASS = """\
+[remotes.emu]
+url = "http://127.0.0.1:5212"
+email = "me@example.com"
+password_env = "FERRY_TEST_PASSWORD"
+
+[remotes.bad]
+url = "ftp://x"
+email = "me@example.com"
+
+[[jobs]]
+name = "a"
+kind = "sync"
+source = "emu:/x"
+target = "emu:/y"
+schedul = "0 3 * * *"
+
+[[jobs]]
+name = "a"
+kind = "upload"
+source = "src"
+target = "nas:/b"
+schedule = "61 3 * * *"
+bwlimit = "0"
+min_size = "10MiB"
+max_size = "1MiB"
+"""
+
+
+def test_field_errors_do_not_hide_cross_field_rules(tmp_path: Path) -> None:
+    """One pass reports field errors and the cross-field rules of the same (broken) jobs."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, ONE_PASS), tmp_path)
+    found = {(issue.line, issue.key, issue.message) for issue in info.value.issues}
+    assert found == {
+        (7, "remotes.bad.url", "expected an http:// or https:// URL, got 'ftp://x'"),
+        (6, "remotes.bad", "set exactly one of password_env or password_command"),
+        (12, "jobs[0].kind", "sync needs exactly one side to be a REMOTE:/path"),
+        (15, "jobs[0].schedul", "unknown key"),
+        (18, "jobs[1].name", "duplicate job name 'a'"),
+        (21, "jobs[1].target", "unknown remote 'nas' (known: bad, emu)"),
+        (
+            22,
+            "jobs[1].schedule",
+            "invalid cron expression '61 3 * * *' (expected e.g. '0 3 * * *')",
+        ),
+        (23, "jobs[1].bwlimit", 'a rate of 0 would stall every transfer; use "off" for no limit'),
+        (24, "jobs[1].min_size", "min_size is larger than max_size"),
+    }, sorted(found)
