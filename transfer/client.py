@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import io
 import json
 import os
 import ssl
@@ -240,6 +241,9 @@ class DriveClient:
     ) -> HttpAnswer:
         """Send one request and read the whole answer; aiohttp failures become NetworkError."""
         started = time.monotonic()
+        # A BytesIO shares the chunk's buffer and keeps aiohttp from warning about (and writing
+        # in one go) bodies above 1 MiB; a new one per exchange, so a retry re-sends it whole.
+        body_in = io.BytesIO(data) if data is not None else None
         with network_errors(method, url):
             target = URL(url, encoded=True) if session is self._storage else url
             async with session.request(
@@ -247,7 +251,7 @@ class DriveClient:
                 target,
                 params=params,
                 json=json_body,
-                data=data,
+                data=body_in,
                 headers=headers,
                 allow_redirects=False,
             ) as resp:

@@ -478,3 +478,22 @@ async def test_br10_session_the_server_dropped_is_replaced_and_sent_from_chunk_0
     assert emu.requests.count("DELETE", "/api/v4/file/upload") == 1
     assert emu.requests.count("PUT", "/api/v4/file/upload") == 1
     assert "k" not in journal.sessions
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("policy", ["local", "remote"])
+async def test_s6_4_chunks_above_1_mib_go_without_warnings(tmp_path: Path, policy: str) -> None:
+    """2 MiB chunks to Cloudreve or a slave raise no aiohttp large-body warning (warnings are
+    errors here), carry exact lengths, and a 502 retry re-sends the whole chunk."""
+    size = 2 << 20
+    async with running_emulator(tmp_path, policy=policy, chunk_size=size) as emu:
+        src = _file(tmp_path, "two.bin", 2 * size + 5)
+        route = CHUNK_ROUTE if policy == "local" else "/api/v4/slave/upload/*"
+        emu.faults.fail("POST", route, nth=2, status=502, html="<h1>Bad Gateway</h1>")
+        async with connected(emu, tmp_path) as drive:
+            entry = await drive.upload(
+                src, "/m/two.bin", overwrite=False, journal=MemoryJournal(), key="k"
+            )
+            await drive.download(entry, tmp_path / "back.bin")
+        assert emu.requests.count("POST", route) == 4
+    assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()
