@@ -265,7 +265,7 @@ def _load_jobs(
         spec, broken = collect.validate_fields(JobSpec, merged, loc, context, skip=inherited)
         if spec is not None:
             jobs.append(spec)
-        views.append(_JobView.build(loc, merged, broken, context["base"]))
+        views.append(_JobView.build(loc, merged, frozenset(body), broken, context["base"]))
 
     return jobs, views
 
@@ -279,6 +279,7 @@ class _JobView:
     """
 
     loc: Loc
+    own: frozenset[str]
     name: str | None
     kind: str | None
     mode: str | None
@@ -286,16 +287,20 @@ class _JobView:
     target: Endpoint | None
     min_size: int | None
     max_size: int | None
+    thumbnails: bool
+    follow_symlinks: bool
 
     @classmethod
     def build(
         cls,
         loc: Loc,
         merged: dict[str, object],
+        own: frozenset[str],
         broken: frozenset[str],
         base: Path,
     ) -> _JobView:
-        """Read the fields of ``merged`` (defaults and job keys) that are not ``broken``."""
+        """Read the fields of ``merged`` (defaults and job keys) that are not ``broken``;
+        ``own`` are the keys the job sets itself."""
 
         def good(key: str) -> object:
             return None if key in broken else merged.get(key)
@@ -308,6 +313,7 @@ class _JobView:
 
         return cls(
             loc=loc,
+            own=own,
             name=parsed("name", str),
             kind=parsed("kind", str),
             mode=None if "mode" in broken else str(mode or "copy"),
@@ -315,7 +321,20 @@ class _JobView:
             target=parsed("target", lambda text: parse_endpoint(text, base)),
             min_size=parsed("min_size", parse_size),
             max_size=parsed("max_size", parse_size),
+            thumbnails=good("thumbnails") not in (None, False),
+            follow_symlinks=good("follow_symlinks") is True,
         )
+
+    @property
+    def uploads(self) -> bool | None:
+        """True when the job copies local files to a drive; None when its sides are unknown."""
+        if self.kind in ("upload", "download"):
+            return self.kind == "upload"
+        if self.kind != "sync" or self.source is None or self.target is None:
+            return None
+        if self.source.is_remote == self.target.is_remote:
+            return None
+        return self.target.is_remote
 
 
 def _check_jobs(views: list[_JobView], collect: _Collector) -> None:
@@ -330,6 +349,31 @@ def _check_jobs(views: list[_JobView], collect: _Collector) -> None:
             collect.add((*job.loc, "mode"), 'mode = "mirror" applies to kind = "sync" only')
         if job.min_size is not None and job.max_size is not None and job.min_size > job.max_size:
             collect.add((*job.loc, "min_size"), "min_size is larger than max_size")
+        _check_applies(job, collect)
+
+
+def _check_applies(job: _JobView, collect: _Collector) -> None:
+    """Report keys a job sets itself that do nothing for its kind.
+
+    ``[defaults]`` values apply to every job, so an inherited one that does not apply to this
+    job is not reported.
+    """
+    if "max_delete" in job.own and job.mode == "copy":
+        collect.add(
+            (*job.loc, "max_delete"),
+            'max_delete applies to mode = "mirror" only; this job never deletes',
+        )
+    uploads = job.uploads
+    if "thumbnails" in job.own and job.thumbnails and uploads is True:
+        collect.add(
+            (*job.loc, "thumbnails"),
+            "thumbnails applies to jobs that download (a REMOTE:/path source); this job uploads",
+        )
+    if "follow_symlinks" in job.own and job.follow_symlinks and uploads is False:
+        collect.add(
+            (*job.loc, "follow_symlinks"),
+            "follow_symlinks applies to jobs with a local source; this job downloads",
+        )
 
 
 def _check_remote_refs(raw: object, remotes: Mapping[str, object], collect: _Collector) -> None:

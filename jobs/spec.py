@@ -120,6 +120,12 @@ BwLimit = Annotated[BandwidthSchedule, BeforeValidator(_bwlimit)]
 Globs = Annotated[tuple[str, ...], BeforeValidator(_globs)]
 Compare = Literal["size-mtime", "size", "checksum"]
 OnConflict = Literal["skip", "overwrite", "rename", "fail"]
+# What a limit of 0 would do: nothing useful, so it is refused.
+_ZERO_LIMITS = {
+    "max_transfer": "a max_transfer of 0 would stop every run before its first file",
+    "max_duration": "a max_duration of 0 would stop every run as it starts",
+    "max_age": "a max_age of 0 would leave out every file",
+}
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True, arbitrary_types_allowed=True)
 
 
@@ -201,6 +207,13 @@ class _Tunables(BaseModel):
     thumbnails: bool | Path = False
     """Downloads: also save each image's server thumbnail as ``<name>.thumb.jpg``; ``true``
     saves it beside the image, a path saves it into that folder (mirroring the tree)."""
+
+    @field_validator("max_transfer", "max_duration", "max_age")
+    @classmethod
+    def _not_zero(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value == 0:
+            raise ValueError(f"{_ZERO_LIMITS[str(info.field_name)]}; leave it unset for no limit")
+        return value
 
     @field_validator("thumbnails", mode="before")
     @classmethod

@@ -362,3 +362,96 @@ def test_field_errors_do_not_hide_cross_field_rules(tmp_path: Path) -> None:
         (23, "jobs[1].bwlimit", 'a rate of 0 would stall every transfer; use "off" for no limit'),
         (24, "jobs[1].min_size", "min_size is larger than max_size"),
     }, sorted(found)
+
+
+NO_EFFECT = """\
+[remotes.home]
+url = "http://127.0.0.1:5212"
+email = "me@example.com"
+password_env = "FERRY_TEST_PASSWORD"
+
+[defaults]
+max_delete = 5
+thumbnails = true
+follow_symlinks = true
+
+[[jobs]]
+name = "up"
+kind = "upload"
+source = "photos"
+target = "home:/backup"
+max_delete = 10
+thumbnails = true
+
+[[jobs]]
+name = "down"
+kind = "download"
+source = "home:/backup"
+target = "restore"
+max_delete = 10
+follow_symlinks = true
+
+[[jobs]]
+name = "copy"
+kind = "sync"
+mode = "copy"
+source = "photos"
+target = "home:/copy"
+max_delete = 10
+thumbnails = "thumbs"
+
+[[jobs]]
+name = "zero"
+kind = "sync"
+mode = "mirror"
+source = "home:/backup"
+target = "mirror"
+max_transfer = "0"
+max_duration = "0s"
+max_age = 0
+"""
+
+
+def test_settings_that_do_nothing_or_block_everything_are_errors(tmp_path: Path) -> None:
+    """A job's own max_delete without mirror, thumbnails on an upload, follow_symlinks on a
+    download and a zero max_transfer / max_duration / max_age are config errors."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, NO_EFFECT), tmp_path)
+    found = [(issue.line, issue.key) for issue in info.value.issues]
+    assert found == [
+        (16, "jobs[0].max_delete"),
+        (17, "jobs[0].thumbnails"),
+        (24, "jobs[1].max_delete"),
+        (25, "jobs[1].follow_symlinks"),
+        (33, "jobs[2].max_delete"),
+        (34, "jobs[2].thumbnails"),
+        (42, "jobs[3].max_transfer"),
+        (43, "jobs[3].max_duration"),
+        (44, "jobs[3].max_age"),
+    ], [str(issue) for issue in info.value.issues]
+    messages = {issue.key: issue.message for issue in info.value.issues}
+    assert messages["jobs[0].max_delete"] == (
+        'max_delete applies to mode = "mirror" only; this job never deletes'
+    )
+    assert "would stop every run before its first file" in messages["jobs[3].max_transfer"]
+
+
+def test_defaults_that_do_not_apply_to_a_job_are_not_errors(tmp_path: Path) -> None:
+    """Inherited max_delete, thumbnails and follow_symlinks apply only where they mean something."""
+    text = NO_EFFECT.split("[[jobs]]")[0] + "\n".join(
+        [
+            '[[jobs]]\nname = "up"\nkind = "upload"\nsource = "photos"\ntarget = "home:/b"',
+            '[[jobs]]\nname = "down"\nkind = "download"\nsource = "home:/b"\ntarget = "r"',
+            '[[jobs]]\nname = "m"\nkind = "sync"\nmode = "mirror"\nsource = "m"\ntarget = "home:/"',
+        ]
+    )
+    config = load_config(write(tmp_path, text), tmp_path)
+    assert [job.max_delete for job in config.jobs] == [5, 5, 5]
+
+
+def test_zero_limits_in_defaults_are_errors(tmp_path: Path) -> None:
+    """A zero max_transfer in [defaults] would block every job: reported at defaults."""
+    text = GOOD.replace("transfers = 2", "transfers = 2\nmax_transfer = 0")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), tmp_path)
+    assert [(i.line, i.key) for i in info.value.issues] == [(11, "defaults.max_transfer")]
