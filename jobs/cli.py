@@ -381,29 +381,51 @@ async def _plan(
 
 
 async def _plan_locked(config: AppConfig, connect: _Connector, job: JobSpec, limit: int) -> int:
+    async with StateDB.open(_state_path(config)) as db:
+        run_id = await db.start_run(await db.job_id(job.name))
+        # A dry run logs like a run: every line names its job and run.
+        structlog.contextvars.bind_contextvars(job_id=job.name, run_id=run_id)
+        # The dry run is stored with the exit code `ferry plan` returns, whatever ends it.
+        code = 1
+        try:
+            code = await _plan_run(db, run_id, connect, job, limit)
+        except BaseException as exc:
+            code = _exit_code_of(exc)
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await db.finish_run(run_id, status="dry_run", exit_code=code, counts={})
+            structlog.contextvars.unbind_contextvars("job_id", "run_id")
+    return code
+
+
+async def _plan_run(db: StateDB, run_id: int, connect: _Connector, job: JobSpec, limit: int) -> int:
+    """Plan and print ``job`` as the dry run ``run_id``; return the exit code of the plan."""
     try:
-        async with StateDB.open(_state_path(config)) as db:
-            run_id = await db.start_run(await db.job_id(job.name))
-            # A dry run logs like a run: every line names its job and run.
-            structlog.contextvars.bind_contextvars(job_id=job.name, run_id=run_id)
-            try:
-                async with connect(job, DriveOptions(None, None)) as drive:
-                    summary = await plan_job(db, run_id, job, drive, now=time.time)
-                await _print_plan(db, run_id, job, summary.actions, limit)
-                for issue in summary.issues:
-                    print(f"  ! {issue.kind}: {issue.path} {issue.detail}")
-                code = EXIT_DONE if summary.errors == 0 and summary.listing_complete else 1
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await db.finish_run(run_id, status="dry_run", exit_code=0, counts={})
-                structlog.contextvars.unbind_contextvars("job_id", "run_id")
+        async with connect(job, DriveOptions(None, None)) as drive:
+            summary = await plan_job(db, run_id, job, drive, now=time.time)
     except AuthError as exc:
         print(f"ferry: authentication failed: {exc}", file=sys.stderr)
         return EXIT_AUTH
     except FerryError as exc:
         print(f"ferry: remote error: {exc}", file=sys.stderr)
         return EXIT_FATAL
-    return code
+    await _print_plan(db, run_id, job, summary.actions, limit)
+    for issue in summary.issues:
+        print(f"  ! {issue.kind}: {issue.path} {issue.detail}")
+
+    return EXIT_DONE if summary.errors == 0 and summary.listing_complete else 1
+
+
+def _exit_code_of(exc: BaseException) -> int:
+    """Return the exit code :func:`main` gives a command that ``exc`` ends."""
+    if isinstance(exc, KeyboardInterrupt):
+        return 128 + signal.SIGINT
+    if isinstance(exc, BrokenPipeError):
+        return _EXIT_PIPE
+    if isinstance(exc, OSError | sqlite3.Error):
+        return EXIT_USAGE
+    return 1
 
 
 async def _print_plan(

@@ -196,3 +196,32 @@ def test_local_roots_not_utf8_are_shown_escaped_everywhere(
     )
     assert done.returncode == 0, done.stderr.decode()
     assert b"b\\xfed/photos -> home:/backup" in done.stdout
+
+
+def use_drive(monkeypatch: pytest.MonkeyPatch, drive: FakeDrive) -> None:
+    """Make in-process `ferry plan` / `ferry run` use ``drive`` instead of signing in."""
+
+    @asynccontextmanager
+    async def connect(_: object, __: JobSpec, ___: DriveOptions) -> AsyncIterator[DriveLike]:
+        yield drive
+
+    monkeypatch.setenv("FERRY_CLI_TEST_PASSWORD", "not-used")
+    monkeypatch.setattr("jobs.cli._Connector.__call__", connect)
+
+
+def test_history_records_the_exit_code_a_plan_returned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `ferry plan` that exits 1 (missing source) is stored as a dry run with exit 1."""
+    config = tmp_path / "ferry.toml"
+    config.write_text(CONFIG)
+    drive = FakeDrive()
+    drive.folders.add("/backup")
+    use_drive(monkeypatch, drive)
+    assert main(["plan", str(config), "--job", "photos"]) == 1
+    (tmp_path / "photos").mkdir()
+    assert main(["plan", str(config), "--job", "photos"]) == 0
+    capsys.readouterr()
+    assert main(["history", str(config)]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [(row[4], row[5]) for row in rows] == [("dry_run", "0"), ("dry_run", "1")]
