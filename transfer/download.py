@@ -45,6 +45,7 @@ _WRITE_BLOCK = 1 << 20
 _MAX_URL_REFRESHES = 3
 _CHECKPOINT_EVERY_S = 1.0
 _STATE_SUFFIX = ".json"
+_TMP_SUFFIX = ".tmp"
 _MAX_RESTARTS = 1
 _URL_DEAD = frozenset({401, 403, 404, 410})
 
@@ -52,8 +53,8 @@ _URL_DEAD = frozenset({401, 403, 404, 410})
 def part_path(local: Path) -> Path:
     """The temporary name a download is written to before the rename."""
     name = local.name + ".part"
-    # The state file adds ".json"; both names must fit the file-name limit.
-    if len((name + _STATE_SUFFIX).encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+    # The longest name derived from it is the state file's temporary name: it must fit too.
+    if len((name + _STATE_SUFFIX + _TMP_SUFFIX).encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         digest = hashlib.sha256(local.name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
         name = f".ferry-{digest}.part"
     return local.with_name(name)
@@ -238,7 +239,7 @@ class Downloader:
 
     def _save_state(self, job: _Job) -> None:
         state = _state_path(job.part)
-        tmp = state.with_name(state.name + ".tmp")
+        tmp = state.with_name(state.name + _TMP_SUFFIX)
         record = {
             "entity": job.entry.primary_entity,
             "size": job.entry.size,

@@ -15,6 +15,7 @@ import structlog
 
 from transfer.backend import RemoteEntry
 from transfer.client import DriveClient
+from transfer.download import part_path
 from transfer.errors import ApiError, DownloadFailed, UnsupportedFeature
 from transfer.names import safe_local_name
 
@@ -139,7 +140,7 @@ class ThumbnailSaver:
                 raise DownloadFailed(entry.path, 0, f"thumbnail answered HTTP {answer.status}")
             body = await answer.read()
         await anyio.Path(target.parent).mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".part")
+        tmp = part_path(target)
         await anyio.Path(tmp).write_bytes(body)
         await anyio.to_thread.run_sync(os.replace, tmp, target)
         log.debug("thumbnail_saved", path=entry.path)

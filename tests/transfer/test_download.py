@@ -194,8 +194,26 @@ def test_part_names_fit_the_name_limit(tmp_path: Path) -> None:
     long_name = "é" * 125  # 250 bytes
     part = part_path(tmp_path / long_name)
     assert part.parent == tmp_path
-    assert len((part.name + ".json").encode()) <= 255
+    assert len((part.name + ".json.tmp").encode()) <= 255
     assert part != part_path(tmp_path / ("é" * 124 + "e"))
+
+
+@pytest.mark.anyio
+async def test_br33_every_name_up_to_the_limit_downloads_and_leaves_no_temporary(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """Names of 240 to 255 bytes all download: no temporary name derived from them is too long."""
+    names = ["L" * (size - 4) + ".txt" for size in range(240, 256)]
+    out = tmp_path / "out"
+    async with connected(emu, tmp_path) as drive:
+        for name in names:
+            await _put(drive, tmp_path, f"/long/{name}", name.encode())
+        for name in names:
+            entry = await drive.stat(f"/long/{name}")
+            assert entry is not None
+            await drive.download(entry, out / name)
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    assert all((out / name).read_bytes() == name.encode() for name in names)
 
 
 @pytest.mark.anyio

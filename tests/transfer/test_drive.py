@@ -221,6 +221,28 @@ async def test_s9_5_thumbnail_saved_beside_the_image(tmp_path: Path, obfuscated:
 
 
 @pytest.mark.anyio
+async def test_s9_5_thumbnail_whose_name_fills_the_limit_is_saved(
+    emu: EmulatorHandle, tmp_path: Path
+) -> None:
+    """A thumbnail name of exactly 255 bytes is written through a temporary name that fits."""
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 200, 10)).save(buf, format="PNG")
+    name = "P" * (255 - len(".png.thumb.jpg")) + ".png"
+    src = tmp_path / "src.png"
+    src.write_bytes(buf.getvalue())
+    async with connected(emu, tmp_path) as drive:
+        entry = await drive.upload(
+            src, f"/p/{name}", overwrite=False, journal=MemoryJournal(), key="k"
+        )
+        image = tmp_path / "out" / name
+        await drive.download(entry, image)
+        thumb = await drive.save_thumbnail(entry, image)
+    assert thumb is not None
+    assert len(thumb.name.encode()) == 255
+    assert sorted(p.name for p in image.parent.iterdir()) == sorted([name, thumb.name])
+
+
+@pytest.mark.anyio
 async def test_s5_11_download_option_saves_thumbnails_into_a_folder(tmp_path: Path) -> None:
     """With save_thumbnails and thumbnail_dir, each downloaded image gets <name>.thumb.jpg there."""
     async with running_emulator(tmp_path) as emu:
