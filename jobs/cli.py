@@ -48,6 +48,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, MutableSet, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -71,13 +72,12 @@ from jobs.scheduler import (
     DriveLike,
     DriveOptions,
     Interrupt,
-    RunOutcome,
     job_lock,
     run_job,
     worst_exit,
 )
 from jobs.spec import JobSpec, RemoteSpec
-from jobs.state import StateDB
+from jobs.state import RunRecord, StateDB
 from transfer import AuthError, Drive, FerryError, PacerConfig, RemoteConfig, TransferConfig
 
 if _QUIET_SIGINT:
@@ -464,17 +464,20 @@ async def _run(
 ) -> int:
     """Run the jobs one after another; SIGINT/SIGTERM stop them with state saved."""
     interrupt = Interrupt()
+    current = _Current()
     codes: list[int] = []
     connect = _Connector(config, remotes)
     use_bars = sys.stderr.isatty() and not args.no_progress
     failure: OSError | sqlite3.Error | None = None
     async with StateDB.open(_state_path(config)) as db, anyio.create_task_group() as tg:
-        tg.start_soon(_watch_signals, tg.cancel_scope, interrupt)
+        tg.start_soon(_watch_signals, tg.cancel_scope, interrupt, db, current)
         try:
             for job in jobs:
                 if args.due and not await _is_due(db, job, datetime.now()):
                     continue
+                current.job = job.name
                 codes.append(await _run_locked(config, db, job, connect, use_bars, interrupt, args))
+                current.job = None
         except BrokenPipeError:
             raise
         except (OSError, sqlite3.Error) as exc:
@@ -513,6 +516,7 @@ async def _run_locked(
     args: argparse.Namespace,
 ) -> int:
     reporter: Reporter = RichReporter(sys.stderr) if bars else LogReporter()
+    started = time.time()
     try:
         with job_lock(config.state_dir, job.name):
             outcome = await run_job(
@@ -526,29 +530,59 @@ async def _run_locked(
     except JobLocked as exc:
         print(f"ferry: {exc}", file=sys.stderr)
         return EXIT_LOCKED
+    except BaseException:
+        if interrupt.signum is not None:
+            with anyio.CancelScope(shield=True):
+                await _print_interrupted(db, job, started)
+        raise
     record = await db.run(outcome.run_id)
     assert record is not None
-    _print_outcome(outcome, record.errors)
+    _print_run(record)
     return outcome.exit_code
 
 
-def _print_outcome(outcome: RunOutcome, failed: int) -> None:
-    """Print one line per run; ``failed`` is the error count recorded for it."""
-    snap = outcome.snapshot
-    skipped = outcome.planned.get("skip", (0, 0))[0]
+async def _print_interrupted(db: StateDB, job: JobSpec, started: float) -> None:
+    """Print the summary of the run of ``job`` a signal stopped, if it had begun."""
+    runs = await db.runs(job.name, limit=1)
+    # A signal that came before the run was recorded leaves an older run the newest.
+    if runs and runs[0].started_at >= started and runs[0].status == "interrupted":
+        _print_run(runs[0])
+
+
+def _print_run(record: RunRecord) -> None:
+    """Print one line on what a finished or interrupted run did."""
+    elapsed = (record.finished_at or time.time()) - record.started_at
     print(
-        f"job {outcome.job}: {outcome.status} (exit {outcome.exit_code}),"
-        f" {snap.transfers} file(s) / {_human(snap.bytes)} transferred, {skipped} unchanged,"
-        f" {outcome.deletes} deleted, {failed} failed, {snap.elapsed_s:.1f} s"
-        + (f" - {outcome.message}" if outcome.message else ""),
+        f"job {record.job}: {record.status} (exit {record.exit_code}),"
+        f" {record.transfers} file(s) / {_human(record.bytes)} transferred,"
+        f" {record.checks} unchanged, {record.deletes} deleted, {record.errors} failed,"
+        f" {elapsed:.1f} s" + (f" - {record.message}" if record.message else ""),
         flush=True,
     )
 
 
-async def _watch_signals(scope: anyio.CancelScope, interrupt: Interrupt) -> None:
+@dataclass(slots=True)
+class _Current:
+    """The job ``ferry run`` is running now (None between jobs), for the signal watcher."""
+
+    job: str | None = None
+
+
+async def _watch_signals(
+    scope: anyio.CancelScope, interrupt: Interrupt, db: StateDB, current: _Current
+) -> None:
+    """Stop the run at SIGINT or SIGTERM, logging which job and run it stops."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
-            structlog.get_logger().warning("run_interrupted", signal=signal.Signals(signum).name)
+            names: dict[str, object] = {}
+            if current.job is not None:
+                # The run's own task binds these; this task reads them from the state instead.
+                runs = await db.runs(current.job, limit=1)
+                running = runs[0] if runs and runs[0].status == "running" else None
+                names = {"job_id": current.job, "run_id": running.id if running else None}
+            structlog.get_logger().warning(
+                "run_interrupted", signal=signal.Signals(signum).name, **names
+            )
             interrupt.signum = signum
             scope.cancel()
             return

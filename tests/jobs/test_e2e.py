@@ -17,9 +17,10 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from subprocess import DEVNULL
+from subprocess import DEVNULL, PIPE
 
 import anyio
+import anyio.abc
 import pytest
 
 from emulator.testing import EmulatorHandle, running_emulator
@@ -127,6 +128,20 @@ async def wait_for_chunks(emu: EmulatorHandle, count: int) -> None:
             if emu.requests.count("POST", CHUNK_ROUTE) >= count:
                 return
             await anyio.sleep(0.02)
+
+
+async def read_both(proc: anyio.abc.Process) -> tuple[bytes, bytes]:
+    """Read a process's stdout and stderr to their ends, side by side."""
+    found: dict[str, bytes] = {}
+
+    async def drain(name: str, stream: anyio.abc.ByteReceiveStream | None) -> None:
+        assert stream is not None
+        found[name] = b"".join([chunk async for chunk in stream])
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(drain, "out", proc.stdout)
+        tg.start_soon(drain, "err", proc.stderr)
+    return found["out"], found["err"]
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -246,28 +261,37 @@ async def test_second_concurrent_run_of_a_job_exits_4(tmp_path: Path) -> None:
 async def test_signal_saves_state_exits_128_plus_signal_and_next_run_resumes(
     tmp_path: Path, signum: signal.Signals, code: int
 ) -> None:
-    """SIGTERM/SIGINT stop the run with exit 143/130, recorded; the next run completes it."""
+    """SIGTERM/SIGINT stop the run with exit 143/130, recorded and summed up on stdout, with a
+    run_interrupted log line naming the job and run; the next run completes it."""
     src = tmp_path / "src"
     src.mkdir()
     (src / "big.bin").write_bytes(os.urandom(30 * CHUNK))
+    (src / "a.txt").write_bytes(b"small")
     async with emulator(tmp_path) as emu:
-        config = write_config(tmp_path, emu.url, UPLOAD)
+        config = write_config(tmp_path, emu.url, UPLOAD.replace("transfers = 3", "transfers = 1"))
         emu.faults.add(method="POST", path=CHUNK_ROUTE, nth=1, times=10_000, delay_s=0.05)
         env = {**os.environ, "FERRY_E2E_PASSWORD": PASSWORD}
         command = [sys.executable, "-m", "jobs", "run", str(config)]
-        async with await anyio.open_process(
-            command, env=env, stdout=DEVNULL, stderr=DEVNULL
-        ) as proc:
+        async with await anyio.open_process(command, env=env, stdout=PIPE, stderr=PIPE) as proc:
             await wait_for_chunks(emu, 5)
             proc.send_signal(signum)
             with anyio.fail_after(20):
+                out, err = await read_both(proc)
                 assert await proc.wait() == code
         emu.faults.clear()
+        # a.txt went first (plan order) and big.bin was cut short.
+        assert f"job up: interrupted (exit {code}), 1 file(s) / ".encode() in out, out
+        logs = [json.loads(line) for line in err.splitlines()]
+        [stopped] = [line for line in logs if line["event"] == "run_interrupted"]
+        assert stopped["job_id"] == "up"
+        assert isinstance(stopped["run_id"], int)
         history = await ferry(config, "history")
         assert b"interrupted" in history.stdout
         resumed = await ferry(config, "run")
         assert resumed.returncode == 0, resumed.stderr.decode()
-        assert emu.requests.count("POST", CHUNK_ROUTE) <= 30 + 1
+        # a.txt's one chunk, big.bin's 30, and at most one re-sent.
+        assert emu.requests.count("POST", CHUNK_ROUTE) <= 1 + 30 + 1
+        assert b"job up: done (exit 0), 1 file(s) / " in resumed.stdout
 
 
 async def test_exit_codes_for_auth_failure_and_transfer_limit(tmp_path: Path) -> None:
