@@ -469,15 +469,18 @@ async def _run(
     connect = _Connector(config, remotes)
     use_bars = sys.stderr.isatty() and not args.no_progress
     failure: OSError | sqlite3.Error | None = None
+    not_due: list[str] = []
     async with StateDB.open(_state_path(config)) as db, anyio.create_task_group() as tg:
         tg.start_soon(_watch_signals, tg.cancel_scope, interrupt, db, current)
         try:
             for job in jobs:
-                if args.due and not await _is_due(db, job, datetime.now()):
+                if args.due and not await _is_due(db, job, datetime.now(), not_due):
                     continue
                 current.job = job.name
                 codes.append(await _run_locked(config, db, job, connect, use_bars, interrupt, args))
                 current.job = None
+            if args.due and not codes:
+                print(f"no job is due: {'; '.join(not_due)}")
         except BrokenPipeError:
             raise
         except (OSError, sqlite3.Error) as exc:
@@ -492,17 +495,30 @@ async def _run(
     return worst_exit(codes)
 
 
-async def _is_due(db: StateDB, job: JobSpec, now: datetime) -> bool:
-    """True when ``job`` has no schedule, never ran, or its next slot after the last run passed."""
+async def _is_due(
+    db: StateDB, job: JobSpec, now: datetime, not_due: list[str] | None = None
+) -> bool:
+    """True when ``job`` has a schedule and never ran, or its next slot after the last run passed.
+
+    A job without a schedule is never due. For a job that is not due, a phrase saying when it is
+    next due is appended to ``not_due``.
+    """
+    log = structlog.get_logger()
     if job.schedule is None:
-        return True
+        log.info("job_not_due", job_id=job.name, next_due=None)
+        if not_due is not None:
+            not_due.append(f"{job.name} has no schedule")
+        return False
     last = await db.last_run(job.name)
     if last is None:
         return True
     due = croniter(job.schedule, datetime.fromtimestamp(last.started_at)).get_next(datetime)
     if due > now:
-        structlog.get_logger().info("job_not_due", job_id=job.name, next_due=due.isoformat())
+        log.info("job_not_due", job_id=job.name, next_due=due.isoformat())
+        if not_due is not None:
+            not_due.append(f"{job.name} next at {due:%Y-%m-%d %H:%M} ({job.schedule})")
         return False
+
     return True
 
 

@@ -225,3 +225,29 @@ def test_history_records_the_exit_code_a_plan_returned(
     assert main(["history", str(config)]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
     assert [(row[4], row[5]) for row in rows] == [("dry_run", "0"), ("dry_run", "1")]
+
+
+def test_due_runs_only_scheduled_jobs_and_says_when_none_is_due(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--due skips a job without a schedule; with nothing due it prints one line and exits 0."""
+    config = tmp_path / "ferry.toml"
+    config.write_text(
+        CONFIG
+        + 'schedule = "0 3 * * *"\n\n[[jobs]]\nname = "adhoc"\nkind = "upload"\n'
+        + 'source = "photos"\ntarget = "home:/adhoc"\n'
+    )
+    (tmp_path / "photos").mkdir()
+    drive = FakeDrive()
+    drive.folders.update({"/backup", "/adhoc"})
+    use_drive(monkeypatch, drive)
+    assert main(["run", str(config), "--due"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("job photos: done (exit 0)"), out
+    assert "adhoc" not in out
+
+    assert main(["run", str(config), "--due"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1, out
+    assert out[0].startswith("no job is due: photos next at "), out
+    assert out[0].endswith(" (0 3 * * *); adhoc has no schedule"), out
