@@ -62,6 +62,9 @@ class StatsSnapshot:
     """A frozen view of a run's counters, for the periodic log line and the state database."""
 
     bytes: int
+    """Bytes moved by this run."""
+    resumed_bytes: int
+    """Bytes that earlier runs (or earlier attempts) left at the destination and this run kept."""
     total_bytes: int
     transfers: int
     checks: int
@@ -81,6 +84,7 @@ class TransferHandle:
         self.path = path
         self.size = size
         self.bytes = 0
+        self.resumed = 0
         self._stats = stats
         self._finished = False
 
@@ -88,6 +92,17 @@ class TransferHandle:
         """Count ``n`` more bytes moved (negative when a retry re-reads bytes already counted)."""
         self.bytes += n
         self._stats._add_bytes(n)
+
+    def add_resumed(self, n: int) -> None:
+        """Note that ``n`` bytes of this file are already at the destination when it resumes.
+
+        Bytes this handle counted itself (an earlier attempt of the same run) are not counted
+        twice, so the call may be repeated at each resume.
+        """
+        more = max(0, n - self.bytes) - self.resumed
+        if more > 0:
+            self.resumed += more
+            self._stats._resumed += more
 
     def done(self, error: BaseException | None = None) -> None:
         """Mark the transfer finished; a second call is ignored."""
@@ -104,6 +119,7 @@ class Stats:
         self._clock = clock
         self._started = clock()
         self._bytes = 0
+        self._resumed = 0
         self._total_bytes = 0
         self._transfers = 0
         self._checks = 0
@@ -142,10 +158,11 @@ class Stats:
         """Return the counters now; speed is the average since the run started."""
         elapsed = max(0.0, self._clock() - self._started)
         speed = self._bytes / elapsed if elapsed > 0 else 0.0
-        remaining = max(0, self._total_bytes - self._bytes)
+        remaining = max(0, self._total_bytes - self._bytes - self._resumed)
         eta = remaining / speed if speed > 0 else (0.0 if remaining == 0 else None)
         return StatsSnapshot(
             bytes=self._bytes,
+            resumed_bytes=self._resumed,
             total_bytes=self._total_bytes,
             transfers=self._transfers,
             checks=self._checks,

@@ -113,6 +113,12 @@ class _Job:
             return 1
         return -(-self.entry.size // self.segment_size)
 
+    def bytes_on_disk(self) -> int:
+        """Bytes of the ``.part`` file that finished and unfinished segments already hold."""
+        size, seg = self.entry.size, self.segment_size
+        done = sum(min(size, (i + 1) * seg) - i * seg for i in self.done if i * seg < size)
+        return done + sum(max(0, pos - i * seg) for i, pos in self.reached.items())
+
 
 class Downloader:
     """Downloads drive files to local paths; shared by all workers of one drive.
@@ -151,8 +157,12 @@ class Downloader:
         local: Path,
         *,
         progress: Callable[[int], None] | None = None,
+        resumed: Callable[[int], None] | None = None,
     ) -> None:
         """Download ``entry`` to ``local`` (the final path; its folder is created).
+
+        ``progress`` is told of the bytes written as they arrive; ``resumed`` is told how many
+        bytes a resumed ``.part`` file already holds.
 
         Raises:
             UnsupportedFeature: ``entry`` is a folder.
@@ -170,6 +180,11 @@ class Downloader:
         job = _Job(entry, part, _UrlSource(self.client, entry.uri), self.segment_size, progress)
         for restart in range(_MAX_RESTARTS + 1):
             await anyio.to_thread.run_sync(self._prepare, job, restart > 0)
+            kept = job.bytes_on_disk()
+            if kept > 0:
+                log.info("download_resumed", path=entry.path, bytes_kept=kept)
+                if resumed is not None:
+                    resumed(kept)
             try:
                 await self._fetch_all(job)
                 break

@@ -220,6 +220,7 @@ class Drive:
         journal: UploadJournal,
         key: str,
         progress: Callable[[int], None] | None = None,
+        resumed: Callable[[int], None] | None = None,
     ) -> RemoteEntry:
         """Upload one file, resuming the session journaled under ``key``.
 
@@ -236,6 +237,7 @@ class Drive:
                     journal=journal,
                     key=key,
                     progress=progress,
+                    resumed=resumed,
                 )
             except FerryError as exc:
                 if not exc.retryable or attempt >= self.transfer.file_retries:
@@ -256,6 +258,7 @@ class Drive:
         local: Path,
         *,
         progress: Callable[[int], None] | None = None,
+        resumed: Callable[[int], None] | None = None,
         thumbnail_dir: Path | None = None,
     ) -> None:
         """Download one file to ``local`` via a ``.part`` file, resuming an earlier one.
@@ -266,7 +269,7 @@ class Drive:
         """
         for attempt in range(self.transfer.file_retries + 1):
             try:
-                await self.downloader.download(entry, local, progress=progress)
+                await self.downloader.download(entry, local, progress=progress, resumed=resumed)
                 break
             except FerryError as exc:
                 if not exc.retryable or attempt >= self.transfer.file_retries:

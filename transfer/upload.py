@@ -117,6 +117,8 @@ class _Target:
     key: str
     source: str
     """Fingerprint of the local content (size and mtime in ns); see ``SavedUpload.source``."""
+    resumed: Callable[[int], None] | None = None
+    """Told how many bytes a resumed session already holds."""
 
 
 @dataclass(slots=True)
@@ -167,8 +169,12 @@ class Uploader:
         journal: UploadJournal,
         key: str,
         progress: Callable[[int], None] | None = None,
+        resumed: Callable[[int], None] | None = None,
     ) -> RemoteEntry:
         """Upload ``local`` to ``remote_path``, resuming the session journaled under ``key``.
+
+        ``progress`` is told of each chunk's bytes once the storage acknowledged them;
+        ``resumed`` is told once per resume how many bytes the resumed session already holds.
 
         A journaled session is resumed only for the same content: when the local file's size or
         mtime changed since the session was opened, the session is cancelled and the upload
@@ -197,7 +203,9 @@ class Uploader:
         size, mtime_ms = st.st_size, st.st_mtime_ns // 1_000_000
         path = join_remote(nfc(remote_path) if self.config.upload_nfc else remote_path)
         source = _fingerprint_of(st)
-        target = _Target(local, path, to_uri(path), size, mtime_ms, overwrite, journal, key, source)
+        target = _Target(
+            local, path, to_uri(path), size, mtime_ms, overwrite, journal, key, source, resumed
+        )
         saved, concurrency = await self._session_for(target)
         saved = await self._send_until_done(target, saved, concurrency, progress)
         entry = await self._verify(local, target.uri, size, saved, journal, key)
@@ -241,7 +249,7 @@ class Uploader:
             saved = None
         if saved is None:
             return await self._new_session(target, previous)
-        log.debug("upload_resumed", path=target.path, session_acked=len(saved.acked))
+        log.info("upload_resumed", path=target.path, chunks_acked=len(saved.acked))
 
         return saved, await self._policy_concurrency(target.path)
 
@@ -462,6 +470,8 @@ class Uploader:
             progress,
         )
         run.acked.update({i: etag for i, etag in saved.acked.items() if 0 <= i < plan.count})
+        if run.acked and target.resumed is not None:
+            target.resumed(sum(plan.length(i) for i in run.acked))
         todo = [i for i in range(plan.count) if i not in run.acked]
         await self._send_indices(run, writer.write_chunk, todo)
         _check_source(run, await anyio.to_thread.run_sync(_fingerprint, run.local))

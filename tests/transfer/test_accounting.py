@@ -67,3 +67,22 @@ def test_bandwidth_limiter_rejects_zero_rate() -> None:
     """A non-positive rate is a clear error."""
     with pytest.raises(ValueError, match="positive"):
         BandwidthLimiter(0)
+
+
+def test_resumed_bytes_count_as_done_for_the_eta_but_not_for_the_speed() -> None:
+    """Bytes an earlier run left are done for the ETA, not moved; a repeated resume adds none."""
+    clock = Clock()
+    stats = Stats(clock=clock)
+    handle = stats.start_transfer("/big", 1000)
+    handle.add_resumed(600)
+    clock.now = 1.0
+    handle.add_bytes(100)
+    snap = stats.snapshot()
+    assert (snap.bytes, snap.resumed_bytes) == (100, 600)
+    assert snap.speed_bps == pytest.approx(100.0)
+    assert snap.eta_s == pytest.approx(3.0)
+    handle.add_resumed(700)  # a retry resumes the 600 plus the 100 this run sent
+    assert stats.snapshot().resumed_bytes == 600
+    handle.add_bytes(300)
+    handle.done()
+    assert stats.snapshot().eta_s == 0.0

@@ -89,11 +89,13 @@ async def test_s7_interrupted_download_resumes_from_bytes_on_disk(
         kept = info.value.offset
         assert kept > 0
         got: list[int] = []
+        resumed: list[int] = []
         await Downloader(drive.client, segment_size=8 * CHUNK).download(
-            entry, out, progress=got.append
+            entry, out, progress=got.append, resumed=resumed.append
         )
     assert out.read_bytes() == data
     assert sum(got) == len(data) - kept
+    assert resumed == [kept]
 
 
 @pytest.mark.anyio

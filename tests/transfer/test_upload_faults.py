@@ -159,10 +159,14 @@ async def test_s6_6_interrupted_upload_resumes_in_a_new_drive_with_only_missing_
     assert sorted(journal.acked["k"]) == [0, 1]
     emu.faults.clear()
     emu.requests.clear()
+    resumed: list[int] = []
     async with connected(emu, tmp_path) as drive:
-        entry = await drive.upload(src, "/r/five.bin", overwrite=False, journal=journal, key="k")
+        entry = await drive.upload(
+            src, "/r/five.bin", overwrite=False, journal=journal, key="k", resumed=resumed.append
+        )
     assert entry.size == 5 * CHUNK - 3
     assert _indices(emu) == [2, 3, 4]
+    assert resumed == [2 * CHUNK]
     assert emu.requests.count("PUT", "/api/v4/file/upload") == 0
     assert "k" not in journal.sessions
 
