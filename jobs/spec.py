@@ -105,13 +105,29 @@ def _globs(value: object) -> tuple[str, ...]:
 
 
 def _command(value: object) -> tuple[str, ...]:
+    """Return a command's argv from a list of strings, or from one string split with shell
+    quoting rules (``shlex``); either way the command later runs without a shell."""
     if isinstance(value, str):
+        _refuse_shell_operators(value)
         value = shlex.split(value)
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise ValueError("expected a command as a list of strings or one string")
     if not value:
         raise ValueError("the command is empty")
     return tuple(value)
+
+
+def _refuse_shell_operators(command: str) -> None:
+    """Refuse a command string whose unquoted ``|``, ``;``, ``&&``, ``>`` ... would only work in
+    a shell: without one they would reach the program as plain arguments."""
+    lexer = shlex.shlex(command, posix=False, punctuation_chars=True)
+    lexer.whitespace_split = True
+    operators = [token for token in lexer if token and not token.strip("();<>|&")]
+    if operators:
+        raise ValueError(
+            f"the command runs without a shell, so {operators[0]!r} would be passed as an"
+            ' argument; use a list such as ["sh", "-c", "..."] if a shell is needed'
+        )
 
 
 Size = Annotated[int, BeforeValidator(_size)]

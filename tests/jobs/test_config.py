@@ -456,3 +456,22 @@ def test_zero_limits_in_defaults_are_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text), tmp_path)
     assert [(i.line, i.key) for i in info.value.issues] == [(11, "defaults.max_transfer")]
+
+
+def test_password_command_string_is_split_like_a_shell_but_needs_no_shell(tmp_path: Path) -> None:
+    """A string command is split with shell quoting rules; shell operators in it are errors."""
+    quoted = GOOD.replace(
+        'password_env = "FERRY_TEST_PASSWORD"', "password_command = \"printf %s 'a b' $HOME\""
+    )
+    remote = load_config(write(tmp_path, quoted), tmp_path).remotes["home"]
+    assert remote.password_command == ("printf", "%s", "a b", "$HOME")
+
+    for command in ("pass show home | head -1", "get-pw > /dev/null", "a && b", "a; b"):
+        piped = GOOD.replace(
+            'password_env = "FERRY_TEST_PASSWORD"', f'password_command = "{command}"'
+        )
+        with pytest.raises(ConfigError) as info:
+            load_config(write(tmp_path, piped), tmp_path)
+        [issue] = info.value.issues
+        assert (issue.line, issue.key) == (4, "remotes.home.password_command"), command
+        assert "runs without a shell" in issue.message
