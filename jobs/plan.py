@@ -450,20 +450,22 @@ class _Planner:
         srcs = [src for src in srcs if not src.kept]
         if not srcs and (source_kept or not dsts):
             return
-        if len(srcs) > 1:
-            for src in srcs:
-                log.error("collision_detected", path=src.path, key=key, reason="nfc_collision")
-                await self.add("fail", src, "", "nfc_collision")
-            return
         if not srcs:
             await self.decide_orphans(dsts)
             return
-        src = srcs[0]
         try:
             target = self.target_path(key)
         except UnsafeName as exc:
-            await self.add("fail", src, "", f"unsafe_name: {exc}")
+            # The key is the path the target would have had.
+            for src in srcs:
+                await self.add("fail", src, key, f"unsafe_name: {exc}")
             return
+        if len(srcs) > 1:
+            for src in srcs:
+                log.error("collision_detected", path=src.path, key=key, reason="nfc_collision")
+                await self.add("fail", src, target, "nfc_collision")
+            return
+        src = srcs[0]
         problem = drive_name_problem(key) if self.upload else ""
         if problem:
             log.error("name_rejected", path=src.path, reason="invalid_remote_name", detail=problem)
@@ -610,7 +612,8 @@ def _check_max_delete(job: JobSpec, summary: PlanSummary) -> None:
         return
     excess = count - cap
     detail = f"{count} deletes planned, {excess} more than max_delete = {cap}; none is done"
-    summary.issues.append(WalkIssue("", "max_delete", detail, True))
+    shown = job.target.path if job.target.is_remote else display_path(job.target.path)
+    summary.issues.append(WalkIssue(shown, "max_delete", detail, True))
     summary.deletes_refused = True
     log.error("deletes_refused", planned=count, max_delete=cap, excess=excess)
 
@@ -670,6 +673,9 @@ async def _list_sides(
     upload = job.target.is_remote
     local = Path(job.source.path if upload else job.target.path)
     remote = job.target.path if upload else job.source.path
+    # The folder being listed, for the issue if it fails: a remote walk does not say which
+    # folder below its root failed, so that root stands for it.
+    listing = remote
     try:
         entry = await drive.stat(remote)
         local_ok = _root_usable(
@@ -688,20 +694,23 @@ async def _list_sides(
         # deletes a folder that still holds one.
         mirror = job.mode == "mirror"
         if upload:
+            listing = display_path(str(local))
             await scan_local(
                 db, run_id, SRC, local, filt, job.follow_symlinks, summary, keep_skipped=mirror
             )
+            listing = remote
             await scan_remote(db, run_id, DST, drive, remote, filt, mirror)
         else:
             await scan_remote(db, run_id, SRC, drive, remote, filt, mirror)
+            listing = display_path(str(local))
             # A local name that is not UTF-8 cannot match any drive name; only a mirror, which
             # would have to delete it, fails over it.
             await scan_local(db, run_id, DST, local, filt, False, summary, mirror, mirror)
     except (FerryError, OSError) as exc:
         if isinstance(exc, FerryError) and exc.fatal and not isinstance(exc, ListingInconsistent):
             raise
-        log.error("listing_failed", error=str(exc), error_type=type(exc).__name__)
-        summary.issues.append(WalkIssue("", "listing_failed", str(exc), True))
+        log.error("listing_failed", path=listing, error=str(exc), error_type=type(exc).__name__)
+        summary.issues.append(WalkIssue(listing, "listing_failed", str(exc), True))
         summary.listing_complete = False
 
 

@@ -454,3 +454,43 @@ def test_walk_of_a_large_folder_yields_batches_before_it_has_read_the_folder(
     assert len(first) == 1000
     assert drawn <= 1001
     assert sum(len(batch) for batch in walker) + len(first) == 2500
+
+
+def download_job(tmp_path: Path, **keys: object) -> JobSpec:
+    data = {"name": "d", "kind": "download", "source": "r:/t", "target": str(tmp_path / "dst")}
+    return JobSpec.model_validate({**data, **keys}, context={"base": tmp_path})
+
+
+def same_as_drive(root: Path, drive: FakeDrive, files: dict[str, bytes]) -> None:
+    """Put each file on the drive under /t and locally under ``root`` with the same time."""
+    local_tree(root, files)
+    for rel, data in files.items():
+        drive.put(f"/t/{rel}", data)
+
+
+async def test_failed_listing_and_refused_deletes_name_their_folder(tmp_path: Path) -> None:
+    """A failed listing names the folder listed and refused deletes the target, never ""."""
+    local_tree(tmp_path / "src", {"a.txt": b"a"})
+    drive = FakeDrive()
+    drive.walk_error = ListingInconsistent("repeated next_page_token")
+    summary, _ = await plan(tmp_path, upload_job(tmp_path), drive)
+    assert [(i.path, i.kind) for i in summary.issues] == [("/t", "listing_failed")]
+
+    (tmp_path / "src" / "a.txt").unlink()
+    drive = FakeDrive()
+    drive.put("/t/a.txt", b"a")
+    job = upload_job(tmp_path, kind="sync", mode="mirror", max_delete=0)
+    summary, _ = await plan(tmp_path, job, drive)
+    assert [(i.path, i.kind) for i in summary.issues] == [("/t", "max_delete")]
+
+
+async def test_nfc_collision_and_unsafe_names_name_their_target_path(tmp_path: Path) -> None:
+    """Both spellings of a collision fail with the target path they share; an unsafe name
+    fails with the path it would have."""
+    local_tree(tmp_path / "src", {"\u00e9.txt": b"a", "e\u0301.txt": b"b"})
+    _, rows = await plan(tmp_path, upload_job(tmp_path), FakeDrive())
+    assert [(r.dst, r.reason) for r in rows] == [("/t/\u00e9.txt", "nfc_collision")] * 2
+    drive = FakeDrive()
+    drive.put("/t/back\\slash", b"x")
+    _, rows = await plan(tmp_path, download_job(tmp_path), drive)
+    assert [(r.dst, r.reason.split(":")[0]) for r in rows] == [("back\\slash", "unsafe_name")]
