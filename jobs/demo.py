@@ -184,7 +184,8 @@ def _show_log_line(line: str) -> None:
         print(line, end="", file=sys.stderr)
         return
     if event.get("event") == "stats_reported":
-        done, total = event["bytes"], max(event["planned_bytes"], 1)
+        done = event["bytes"] + event["resumed_bytes"]
+        total = max(event["planned_bytes"], 1)
         print(
             f"    {event.get('job_id')}: {event['transfers']}/{event['files']} files,"
             f" {done / _MIB:.1f}/{total / _MIB:.1f} MiB ({100 * done / total:.0f}%),"

@@ -31,6 +31,7 @@ def snapshot_fields(snap: StatsSnapshot) -> dict[str, object]:
     """Return the log keys of a snapshot (units in the key names, floats rounded)."""
     return {
         "bytes": snap.bytes,
+        "resumed_bytes": snap.resumed_bytes,
         "total_bytes": snap.total_bytes,
         "transfers": snap.transfers,
         "checks": snap.checks,
@@ -115,7 +116,8 @@ class RichReporter:
         if self._task is None:
             return
         done = snap.transfers + snap.errors
-        self._progress.update(self._task, completed=snap.bytes, description=self._label(done))
+        completed = snap.bytes + snap.resumed_bytes
+        self._progress.update(self._task, completed=completed, description=self._label(done))
 
     def stop(self, snap: StatsSnapshot) -> None:
         """Draw the last state and stop."""

@@ -104,6 +104,7 @@ class DriveLike(RemoteLister, Protocol):
         journal: UploadJournal,
         key: str,
         progress: Callable[[int], None] | None = None,
+        resumed: Callable[[int], None] | None = None,
     ) -> RemoteEntry:
         """Upload one file, resuming the session journaled under ``key``."""
         ...
@@ -114,6 +115,7 @@ class DriveLike(RemoteLister, Protocol):
         local: Path,
         *,
         progress: Callable[[int], None] | None = None,
+        resumed: Callable[[int], None] | None = None,
         thumbnail_dir: Path | None = None,
     ) -> None:
         """Download one file to ``local`` (atomically, resuming a ``.part``)."""
@@ -469,6 +471,7 @@ async def _transfer_one(run: _Run, drive: DriveLike, row: PlanRow) -> None:
                 journal=run.journal,
                 key=f"{run.job.name}:{row.dst}",
                 progress=handle.add_bytes,
+                resumed=handle.add_resumed,
             )
         else:
             local = Path(run.job.target.path, row.dst)
@@ -476,7 +479,13 @@ async def _transfer_one(run: _Run, drive: DriveLike, row: PlanRow) -> None:
             await anyio.Path(local.parent).mkdir(parents=True, exist_ok=True)
             thumbs = run.job.thumbnails
             folder = thumbs / Path(row.dst).parent if isinstance(thumbs, Path) else None
-            await drive.download(remote, local, progress=handle.add_bytes, thumbnail_dir=folder)
+            await drive.download(
+                remote,
+                local,
+                progress=handle.add_bytes,
+                resumed=handle.add_resumed,
+                thumbnail_dir=folder,
+            )
         fingerprint = await _fingerprint(run, local, remote)
     except (FerryError, OSError) as exc:
         handle.done(exc)

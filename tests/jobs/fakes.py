@@ -87,6 +87,7 @@ class FakeDrive:
         journal: UploadJournal,
         key: str,
         progress: Callable[[int], None] | None = None,
+        resumed: Callable[[int], None] | None = None,
     ) -> RemoteEntry:
         if remote_path in self.fail_paths:
             raise self.fail_paths[remote_path]
@@ -112,6 +113,7 @@ class FakeDrive:
         local: Path,
         *,
         progress: Callable[[int], None] | None = None,
+        resumed: Callable[[int], None] | None = None,
         thumbnail_dir: Path | None = None,
     ) -> None:
         if entry.path not in self.files:

@@ -225,6 +225,12 @@ async def test_s6_6_sigkill_mid_upload_resumes_resending_at_most_chunks_in_fligh
         resumed = await ferry(config, "run")
         assert resumed.returncode == 0, resumed.stderr.decode()
         assert b"killed" in (await ferry(config, "history")).stdout
+        events = [json.loads(line) for line in resumed.stderr.splitlines()]
+        assert any(e["event"] == "upload_resumed" and e["level"] == "info" for e in events)
+        last = [e for e in events if e["event"] == "stats_reported"][-1]
+        assert last["resumed_bytes"] > 0
+        assert last["bytes"] + last["resumed_bytes"] >= last["total_bytes"] == len(data)
+        assert last["eta_s"] == 0.0
         total = emu.requests.count("POST", CHUNK_ROUTE)
         chunks = 41
         assert sent_before < chunks
