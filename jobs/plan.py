@@ -18,7 +18,8 @@ Decisions, per key:
   unfinished uploads as ``kept``, on both sides): nothing, the folders holding them stay, and
   a target entry whose source is kept stays too (a source file that grew past ``max_size`` is
   still in the source);
-* two source spellings of one key (NFC vs NFD): ``fail`` for both (a collision).
+* two source spellings of one key (NFC vs NFD): ``fail`` for both (a collision);
+* an error of the local walk (unreadable, dangling link followed): ``fail``.
 """
 
 from __future__ import annotations
@@ -439,6 +440,18 @@ class _Planner:
             await self.db.add_plan(self.run_id, self.rows)
             self.rows = []
 
+    async def fail_walk_errors(self, summary: PlanSummary) -> None:
+        """Plan each error of the local walk as a ``fail`` item, as a run counts it.
+
+        Warnings stay issues. The item's target is the path the entry has or would have.
+        """
+        for issue in (i for i in summary.issues if i.error):
+            key = key_of(issue.path)
+            dst = join_remote(self.job.target.path, key) if self.upload else issue.path
+            row = _row(issue.path, issue.path, False, 0, 0)
+            await self.add("fail", row, dst, f"{issue.kind}: {issue.detail}")
+        summary.issues = [i for i in summary.issues if not i.error]
+
     async def decide(self, key: str, srcs: list[ScanRow], dsts: list[ScanRow]) -> None:
         """Decide one key from its source and target entries; kept entries are left alone.
 
@@ -644,9 +657,11 @@ async def plan_job(
     """List both sides of ``job`` into the state database and store the run's plan.
 
     A failed listing is recorded as an issue with ``listing_complete = False`` and nothing is
-    planned, so no missing item is ever inferred from it. More deletes than ``max_delete`` are
-    a ``max_delete`` error issue and set ``deletes_refused``. The errors among the issues and the
-    ``fail`` decisions are also stored as the run's issues, which outlive its plan.
+    planned, so no missing item is ever inferred from it. Otherwise the errors of the local walk
+    (an unreadable file, a dangling link followed) are planned as ``fail`` items, so that the
+    plan counts what a run will. More deletes than ``max_delete`` are a ``max_delete`` error
+    issue and set ``deletes_refused``. The errors among the issues and the ``fail`` decisions
+    are also stored as the run's issues, which outlive its plan.
     """
     summary = PlanSummary()
     upload = job.target.is_remote
@@ -654,6 +669,7 @@ async def plan_job(
     if summary.listing_complete:
         planner = _Planner(db, run_id, await db.job_id(job.name), job, upload)
         planner.case_clashes = await db.case_clashes(run_id)
+        await planner.fail_walk_errors(summary)
         await _decide_all(db, run_id, planner)
         await planner.flush()
         await _settle_folders(db, run_id)

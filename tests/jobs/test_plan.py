@@ -240,15 +240,15 @@ BAD_NAME = os.fsdecode(b"bad\xffutf8.txt")
 
 
 async def test_name_not_utf8_is_one_failed_item_shown_escaped(tmp_path: Path) -> None:
-    """A source file or folder whose name is not UTF-8 is one error; everything else is planned."""
+    """A source file or folder whose name is not UTF-8 is one failed item; the rest is planned."""
     local_tree(tmp_path / "src", {"good.txt": b"g", BAD_NAME: b"x", "d\udcfe/in.txt": b"y"})
     drive = FakeDrive()
     summary, rows = await plan(tmp_path, upload_job(tmp_path), drive)
-    assert by_action(rows) == {"copy": ["good.txt"]}
-    assert sorted((i.path, i.kind, i.error) for i in summary.issues) == [
-        ("bad\\xffutf8.txt", "undecodable_name", True),
-        ("d\\xfe", "undecodable_name", True),
-    ]
+    assert by_action(rows) == {"copy": ["good.txt"], "fail": ["bad\\xffutf8.txt", "d\\xfe"]}
+    assert {r.reason for r in rows if r.action == "fail"} == {
+        "undecodable_name: name is not valid UTF-8; skipped"
+    }
+    assert summary.issues == []
     assert summary.errors == 2
 
 
@@ -263,8 +263,11 @@ async def test_name_not_utf8_in_a_download_target_fails_only_a_mirror(tmp_path: 
     assert by_action(rows) == {"copy": ["a.txt"]}
     assert [(i.path, i.error) for i in summary.issues] == [("bad\\xffutf8.txt", False)]
     mirror = JobSpec.model_validate({**base, "name": "m", "kind": "sync", "mode": "mirror"})
-    summary, _ = await plan(tmp_path, mirror, drive)
-    assert [(i.path, i.error) for i in summary.issues] == [("bad\\xffutf8.txt", True)]
+    summary, rows = await plan(tmp_path, mirror, drive)
+    assert [(r.action, r.key, r.dst) for r in rows if r.action == "fail"] == [
+        ("fail", "bad\\xffutf8.txt", "bad\\xffutf8.txt")
+    ]
+    assert summary.errors == 1
 
 
 async def test_plan_errors_and_fail_decisions_are_stored_as_run_issues(tmp_path: Path) -> None:
@@ -280,9 +283,9 @@ async def test_plan_errors_and_fail_decisions_are_stored_as_run_issues(tmp_path:
         await db.finish_run(run_id, status="partial", exit_code=1, counts={})
         issues = await db.run_issues(run_id)
     assert [(i.kind, i.path) for i in issues] == [
+        ("undecodable_name: name is not valid UTF-8; skipped", "bad\\xffutf8.txt"),
         ("nfc_collision", "S\u00e9ance.flac"),
         ("nfc_collision", "S\u00e9ance.flac"),
-        ("undecodable_name", "bad\\xffutf8.txt"),
     ]
 
 
@@ -494,3 +497,16 @@ async def test_nfc_collision_and_unsafe_names_name_their_target_path(tmp_path: P
     drive.put("/t/back\\slash", b"x")
     _, rows = await plan(tmp_path, download_job(tmp_path), drive)
     assert [(r.dst, r.reason.split(":")[0]) for r in rows] == [("back\\slash", "unsafe_name")]
+
+
+async def test_walk_errors_are_failed_plan_items_as_a_run_counts_them(tmp_path: Path) -> None:
+    """A dangling link followed is a ``fail`` row of the plan, counted once in its errors."""
+    local_tree(tmp_path / "src", {"a.txt": b"a"})
+    (tmp_path / "src" / "dangling").symlink_to("nowhere")
+    summary, rows = await plan(tmp_path, upload_job(tmp_path, follow_symlinks=True), FakeDrive())
+    assert [(r.action, r.key, r.dst, r.reason) for r in rows if r.action == "fail"] == [
+        ("fail", "dangling", "/t/dangling", "dangling_symlink: link target does not exist")
+    ]
+    assert summary.actions["fail"] == (1, 0)
+    assert summary.errors == 1
+    assert [i for i in summary.issues if i.error] == []
