@@ -350,7 +350,8 @@ async def test_source_name_not_utf8_fails_alone_and_the_rest_transfers(tmp_path:
         config = write_config(tmp_path, emu.url, UPLOAD)
         plan = await ferry(config, "plan", "--job", "up")
         assert plan.returncode == 1, plan.stderr.decode()
-        assert b"undecodable_name: bad\\xffutf8.txt" in plan.stdout
+        assert b"  fail           1 item(s)" in plan.stdout
+        assert b"bad\\xffutf8.txt -> /backup/bad\\xffutf8.txt [undecodable_name: " in plan.stdout
         done = await ferry(config, "run")
         assert done.returncode == 1, done.stderr.decode()
         assert b"Traceback" not in done.stderr
