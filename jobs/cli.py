@@ -47,7 +47,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, MutableSet, Sequence
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -435,17 +435,29 @@ async def _print_plan(
     for action in ("copy", "mkdir", "delete", "skip", "fail"):
         count, size = actions.get(action, (0, 0))
         print(f"  {action:7s} {count:8d} item(s) {_human(size):>12s}")
-        shown = 0
-        async for page in db.plan_pages(run_id, action):
-            for row in page:
-                if shown >= limit or action == "skip":
-                    break
+        if action != "skip":
+            await _print_plan_rows(db, run_id, action, limit)
+
+
+async def _print_plan_rows(db: StateDB, run_id: int, action: str, limit: int) -> None:
+    """Print the first ``limit`` plan lines of ``action``, then how many lines were left out.
+
+    A folder deleted whole is one line however many files it counts as, so the lines left out
+    are counted from the plan rows, not from the item count.
+    """
+    shown = 0
+    async with aclosing(db.plan_pages(run_id, action)) as pages:
+        async for page in pages:
+            for row in page[: limit - shown]:
                 extra = " (new version)" if row.overwrite else ""
                 reason = "" if row.reason == "new" else f" [{row.reason}]"
                 print(f"    {row.key} -> {row.dst}{extra}{reason}")
                 shown += 1
-        if action != "skip" and count > shown:
-            print(f"    ... and {count - shown} more")
+            if shown >= limit:
+                break
+    hidden = await db.plan_row_count(run_id, action) - shown
+    if hidden > 0:
+        print(f"    ... and {hidden} more")
 
 
 def _human(size: float) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from dataclasses import fields as dataclass_fields
@@ -572,7 +572,7 @@ class StateDB:
 
     async def plan_pages(
         self, run_id: int, action: str, status: str = "pending"
-    ) -> AsyncIterator[list[PlanRow]]:
+    ) -> AsyncGenerator[list[PlanRow], None]:
         """Yield the run's actions of one kind and status in plan order, a page at a time."""
         last = -1
         while True:
@@ -587,6 +587,15 @@ class StateDB:
             page = [_plan_row(r) for r in rows]
             last = page[-1].seq
             yield page
+
+    async def plan_row_count(self, run_id: int, action: str, status: str = "pending") -> int:
+        """Count the run's plan rows of one action and status (a folder row counts once)."""
+        async with self._conn.execute(
+            "SELECT COUNT(*) FROM plan WHERE run_id = ? AND action = ? AND status = ?",
+            (run_id, action, status),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return 0 if row is None else int(row[0])
 
     async def plan_row(self, run_id: int, seq: int) -> PlanRow | None:
         """Return the plan row ``seq`` of the run, or None when there is none."""

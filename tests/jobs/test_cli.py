@@ -251,3 +251,31 @@ def test_due_runs_only_scheduled_jobs_and_says_when_none_is_due(
     assert len(out) == 1, out
     assert out[0].startswith("no job is due: photos next at "), out
     assert out[0].endswith(" (0 3 * * *); adhoc has no schedule"), out
+
+
+def test_plan_more_line_counts_hidden_lines_not_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deleted folder of 100 files is one plan line: "... and N more" counts hidden lines."""
+    config = tmp_path / "ferry.toml"
+    config.write_text(CONFIG.replace('kind = "upload"', 'kind = "sync"\nmode = "mirror"'))
+    (tmp_path / "photos").mkdir()
+    drive = FakeDrive()
+    for index in range(100):
+        drive.put(f"/backup/d1/f{index}", b"x")
+    drive.put("/backup/d2/f", b"x")
+    drive.put("/backup/d3/f", b"x")
+    use_drive(monkeypatch, drive)
+    assert main(["plan", str(config), "--job", "photos"]) == 0
+    out = capsys.readouterr().out
+    assert "  delete       102 item(s)" in out, out
+    assert "d1 -> /backup/d1 [not_in_source: folder, 100 file(s)]" in out
+    assert "... and" not in out
+
+    assert main(["plan", str(config), "--job", "photos", "--limit", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    shown = lines[lines.index(next(line for line in lines if "delete" in line)) :][:3]
+    assert [line.strip() for line in shown[1:]] == [
+        "d1 -> /backup/d1 [not_in_source: folder, 100 file(s)]",
+        "... and 2 more",
+    ], lines
