@@ -50,6 +50,10 @@ async def error_middleware(request: web.Request, handler: faults.Handler) -> web
         return web.Response(status=404, text="404 page not found")
     except web.HTTPException:
         raise
+    except ConnectionError as exc:
+        # The client went away mid-request (killed, or it gave up): nothing to answer.
+        log.info("client_disconnected", path=request.path, error=str(exc) or type(exc).__name__)
+        return error_response(request, ApiError(errors.NOT_SET, ""))
     except Exception as exc:
         log.exception("request_failed", path=request.path, error=str(exc))
         return error_response(request, ApiError(errors.NOT_SET, ""))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -106,3 +108,27 @@ def test_cli_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"cannot serve on 127.0.0.1:{port}" in result.stderr.decode()
     assert result.stdout == b""
+
+
+def test_cli_client_gone_mid_body_logs_no_traceback_and_no_password(tmp_path: Path) -> None:
+    """A client that dies mid-request (kill -9 of ferry) leaves no traceback in the log.
+
+    A traceback printed with its local variables used to show the ``--user`` passwords.
+    """
+    password = "secret-pw-8d1f"
+    cmd = [sys.executable, "-m", "emulator", "serve", "--port", "0", "--data", str(tmp_path)]
+    cmd += ["--user", f"a@example.com:{password}", "--log-level", "debug"]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().decode().strip().rpartition(":")[2])
+        head = b"POST /api/v4/session/token HTTP/1.1\r\nHost: x\r\nContent-Length: 99999\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(head + b"{" * 10)
+            time.sleep(0.3)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert err.count(b"client_disconnected") == 1, err.decode()
+    assert b"Traceback" not in err, err.decode()
+    assert password.encode() not in err
