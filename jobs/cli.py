@@ -99,6 +99,17 @@ def _version() -> str:
         return "unknown"
 
 
+def _positive_seconds(text: str) -> float:
+    """Parse a number of seconds that must be finite and more than 0 (an argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ferry", description="Batch transfers and migrations for Cloudreve v4 drives."
@@ -116,7 +127,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run jobs (all by default)")
     p.add_argument("config", type=Path)
     p.add_argument("--job", action="append", default=[], help="run only this job (repeatable)")
-    p.add_argument("--stats-interval", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument(
+        "--stats-interval",
+        type=_positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between stats_reported log lines (default 10)",
+    )
     p.add_argument("--no-progress", action="store_true", help="log stats lines, draw no bars")
     p.add_argument(
         "--due",
@@ -210,7 +227,12 @@ def _configure_logging(verbose: bool, stream: TextIO, secrets: MutableSet[str]) 
     """JSON lines when stderr is not a terminal, coloured console lines otherwise."""
     tty = stream.isatty()
     renderer: Processor = (
-        structlog.dev.ConsoleRenderer() if tty else structlog.processors.JSONRenderer()
+        # Tracebacks without local variables, which may hold a password or a token.
+        structlog.dev.ConsoleRenderer(
+            exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False)
+        )
+        if tty
+        else structlog.processors.JSONRenderer()
     )
     level = logging.DEBUG if verbose else (logging.WARNING if tty else logging.INFO)
     structlog.configure(
@@ -263,7 +285,7 @@ def _select_jobs(config: AppConfig, names: Sequence[str]) -> list[JobSpec]:
             raise ConfigError([config.issue(("jobs",), "the config defines no [[jobs]]")])
         return list(config.jobs)
     selected: list[JobSpec] = []
-    for name in names:
+    for name in dict.fromkeys(names):  # a job named twice runs once
         job = config.job(name)
         if job is None:
             known = ", ".join(j.name for j in config.jobs) or "none"
@@ -521,17 +543,21 @@ async def _is_due(
         if not_due is not None:
             not_due.append(f"{job.name} has no schedule")
         return False
-    last = await db.last_run(job.name)
-    if last is None:
-        return True
-    due = croniter(job.schedule, datetime.fromtimestamp(last.started_at)).get_next(datetime)
-    if due > now:
+    due = _next_due(await db.last_run(job.name), job.schedule)
+    if due is not None and due > now:
         log.info("job_not_due", job_id=job.name, next_due=due.isoformat())
         if not_due is not None:
             not_due.append(f"{job.name} next at {due:%Y-%m-%d %H:%M} ({job.schedule})")
         return False
 
     return True
+
+
+def _next_due(last: RunRecord | None, schedule: str) -> datetime | None:
+    """The first slot of ``schedule`` after the ``last`` run; None when it never ran (due now)."""
+    if last is None:
+        return None
+    return croniter(schedule, datetime.fromtimestamp(last.started_at)).get_next(datetime)
 
 
 async def _run_locked(
@@ -632,8 +658,11 @@ async def _status(config: AppConfig) -> int:
                     + (f" - {last.message}" if last.message else "")
                 )
             if job.schedule:
-                due = croniter(job.schedule, datetime.now()).get_next(datetime)
-                line += f"; next due {due:%Y-%m-%d %H:%M} ({job.schedule})"
+                due = _next_due(last, job.schedule)
+                if due is None or due <= datetime.now():
+                    line += f"; due now ({job.schedule})"
+                else:
+                    line += f"; next due {due:%Y-%m-%d %H:%M} ({job.schedule})"
             print(line)
             if last is not None:
                 await _print_run_items(db, job.name, last.id)

@@ -279,3 +279,55 @@ def test_plan_more_line_counts_hidden_lines_not_files(
         "d1 -> /backup/d1 [not_in_source: folder, 100 file(s)]",
         "... and 2 more",
     ], lines
+
+
+def test_status_says_when_due_as_run_due_decides(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scheduled job that never ran is "due now" in status, as `run --due` runs it at once."""
+    config = tmp_path / "ferry.toml"
+    config.write_text(CONFIG + 'schedule = "0 3 * * *"\n')
+    (tmp_path / "photos").mkdir()
+    drive = FakeDrive()
+    drive.folders.add("/backup")
+    use_drive(monkeypatch, drive)
+    assert main(["status", str(config)]) == 0
+    assert capsys.readouterr().out == "photos: never run; due now (0 3 * * *)\n"
+
+    assert main(["run", str(config), "--due"]) == 0
+    capsys.readouterr()
+    assert main(["status", str(config)]) == 0
+    status = capsys.readouterr().out.splitlines()[0]
+    assert main(["run", str(config), "--due"]) == 0
+    not_due = capsys.readouterr().out.strip()
+    # Both name the same next slot: the first 03:00 after the run.
+    slot = not_due.removeprefix("no job is due: photos next at ").removesuffix(" (0 3 * * *)")
+    assert slot.endswith(" 03:00"), not_due
+    assert status.endswith(f"; next due {slot} (0 3 * * *)"), status
+
+
+def test_a_job_named_twice_runs_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--job photos --job photos` runs the job once."""
+    config = tmp_path / "ferry.toml"
+    config.write_text(CONFIG)
+    (tmp_path / "photos").mkdir()
+    drive = FakeDrive()
+    drive.folders.add("/backup")
+    use_drive(monkeypatch, drive)
+    assert main(["run", str(config), "--job", "photos", "--job", "photos"]) == 0
+    assert capsys.readouterr().out.count("job photos: done") == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "ten"])
+def test_stats_interval_must_be_a_positive_number(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    """A stats interval of 0 or less is a usage error (exit 2), not a busy loop or a crash."""
+    config = tmp_path / "ferry.toml"
+    config.write_text(CONFIG)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(config), "--stats-interval", value])
+    assert exit_info.value.code == 2
+    assert "--stats-interval" in capsys.readouterr().err
