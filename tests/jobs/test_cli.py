@@ -331,3 +331,20 @@ def test_stats_interval_must_be_a_positive_number(
         main(["run", str(config), "--stats-interval", value])
     assert exit_info.value.code == 2
     assert "--stats-interval" in capsys.readouterr().err
+
+
+def test_plan_prints_a_name_with_control_characters_on_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newline, a tab or an escape in a file name is printed escaped, one item per line."""
+    config = tmp_path / "ferry.toml"
+    config.write_text(CONFIG)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "new\nline\t\x1b[31m.txt").write_bytes(b"x")
+    drive = FakeDrive()
+    drive.folders.add("/backup")
+    use_drive(monkeypatch, drive)
+    assert main(["plan", str(config), "--job", "photos"]) == 0
+    out = capsys.readouterr().out
+    assert "    new\\nline\\t\\x1b[31m.txt -> /backup/new\\nline\\t\\x1b[31m.txt\n" in out, out
+    assert "\x1b" not in out
