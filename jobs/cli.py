@@ -276,19 +276,15 @@ def _validate(config: AppConfig) -> int:
 
 
 def _shown(path: object) -> str:
-    """Return a local path as printable text (bytes that are not UTF-8 appear as ``\\xff``)."""
-    return display_path(str(path))
-
-
-def _one_line(text: str) -> str:
-    """Return ``text`` with control characters escaped (``\\n``, ``\\t``, ``\\x1b``).
+    """Return a path as one printable line: bytes that are not UTF-8 appear as ``\\xff``, and
+    control characters escaped (``\\n``, ``\\t``, ``\\x1b``).
 
     A file name may hold a newline or a terminal escape; printed raw, one item would read as
     two lines, or recolour the terminal.
     """
     return "".join(
         ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) == "Cc" else ch
-        for ch in text
+        for ch in display_path(str(path))
     )
 
 
@@ -447,7 +443,7 @@ async def _plan_run(db: StateDB, run_id: int, connect: _Connector, job: JobSpec,
         return EXIT_FATAL
     await _print_plan(db, run_id, job, summary.actions, limit)
     for issue in summary.issues:
-        print(f"  ! {issue.kind}: {_one_line(issue.path)} {issue.detail}")
+        print(f"  ! {issue.kind}: {_shown(issue.path)} {issue.detail}")
 
     return EXIT_DONE if summary.errors == 0 and summary.listing_complete else 1
 
@@ -486,7 +482,7 @@ async def _print_plan_rows(db: StateDB, run_id: int, action: str, limit: int) ->
             for row in page[: limit - shown]:
                 extra = " (new version)" if row.overwrite else ""
                 reason = "" if row.reason == "new" else f" [{row.reason}]"
-                print(f"    {_one_line(row.key)} -> {_one_line(row.dst)}{extra}{reason}")
+                print(f"    {_shown(row.key)} -> {_shown(row.dst)}{extra}{reason}")
                 shown += 1
             if shown >= limit:
                 break
@@ -689,9 +685,9 @@ async def _print_run_items(db: StateDB, job: str, run_id: int) -> None:
         print("    items: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
     for issue in await db.run_issues(run_id, limit=10):
         detail = f" ({issue.detail})" if issue.detail else ""
-        print(f"    ! {issue.kind}: {_one_line(issue.path)}{detail}")
+        print(f"    ! {issue.kind}: {_shown(issue.path)}{detail}")
     for key, attempts, error in await db.failed_items(job, limit=10, run_id=run_id):
-        print(f"    failed x{attempts}: {_one_line(key)}: {error}")
+        print(f"    failed x{attempts}: {_shown(key)}: {error}")
 
 
 async def _history(config: AppConfig, job: str | None, limit: int) -> int:

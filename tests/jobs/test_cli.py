@@ -281,16 +281,23 @@ def test_plan_more_line_counts_hidden_lines_not_files(
     ], lines
 
 
-def test_status_says_when_due_as_run_due_decides(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A scheduled job that never ran is "due now" in status, as `run --due` runs it at once."""
+def photos_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str = CONFIG) -> Path:
+    """Write ``text`` as the config, with an empty ``photos`` source and a drive holding
+    ``/backup`` that the commands use; return the config's path."""
     config = tmp_path / "ferry.toml"
-    config.write_text(CONFIG + 'schedule = "0 3 * * *"\n')
+    config.write_text(text)
     (tmp_path / "photos").mkdir()
     drive = FakeDrive()
     drive.folders.add("/backup")
     use_drive(monkeypatch, drive)
+    return config
+
+
+def test_status_says_when_due_as_run_due_decides(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scheduled job that never ran is "due now" in status, as `run --due` runs it at once."""
+    config = photos_job(tmp_path, monkeypatch, CONFIG + 'schedule = "0 3 * * *"\n')
     assert main(["status", str(config)]) == 0
     assert capsys.readouterr().out == "photos: never run; due now (0 3 * * *)\n"
 
@@ -310,12 +317,7 @@ def test_a_job_named_twice_runs_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`--job photos --job photos` runs the job once."""
-    config = tmp_path / "ferry.toml"
-    config.write_text(CONFIG)
-    (tmp_path / "photos").mkdir()
-    drive = FakeDrive()
-    drive.folders.add("/backup")
-    use_drive(monkeypatch, drive)
+    config = photos_job(tmp_path, monkeypatch)
     assert main(["run", str(config), "--job", "photos", "--job", "photos"]) == 0
     assert capsys.readouterr().out.count("job photos: done") == 1
 
@@ -337,13 +339,8 @@ def test_plan_prints_a_name_with_control_characters_on_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A newline, a tab or an escape in a file name is printed escaped, one item per line."""
-    config = tmp_path / "ferry.toml"
-    config.write_text(CONFIG)
-    (tmp_path / "photos").mkdir()
+    config = photos_job(tmp_path, monkeypatch)
     (tmp_path / "photos" / "new\nline\t\x1b[31m.txt").write_bytes(b"x")
-    drive = FakeDrive()
-    drive.folders.add("/backup")
-    use_drive(monkeypatch, drive)
     assert main(["plan", str(config), "--job", "photos"]) == 0
     out = capsys.readouterr().out
     assert "    new\\nline\\t\\x1b[31m.txt -> /backup/new\\nline\\t\\x1b[31m.txt\n" in out, out
